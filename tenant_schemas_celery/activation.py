@@ -1,0 +1,163 @@
+"""Run side: switch a task's database connections to its tenant, and back.
+
+``enter`` runs from a ``task_prerun`` receiver and ``leave`` from a
+``task_postrun`` receiver, so user receivers, ``on_success``/``on_failure``,
+callbacks and chain steps all see the task's tenant. Failures are never raised
+from the receivers (Celery would log and swallow them): they are recorded on the
+request and raised by ``ensure_activated`` in place of the task body.
+
+Eagerly applied tasks restore the caller's tenant in ``leave``. A worker defers
+that restore to the start of the next task on the same thread: when the next
+task has the same tenant, nothing is switched and no ``SET search_path`` is sent.
+Any task, tenant-aware or not, first restores what the previous one left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections
+
+from .conf import public_schema_name, tenant_cache_seconds, tenant_databases
+from .exceptions import TenantActivationMissing, TenantConfigurationError
+from .resolution import lookup_tenant, schema_name_from_request
+from .signals import tenant_activated
+
+#: Attribute of the task request (``task.request``) holding its ``Activation``.
+ACTIVATION_ATTR = "_tenant_schemas_celery_activation"
+#: Attribute of a connection holding the state a worker task left to restore.
+DEFERRED_RESTORE_ATTR = "_tenant_schemas_celery_deferred_restore"
+
+_State = tuple[Any, bool]  # (tenant, include_public_schema) of a connection
+
+
+class Activation:
+    """What ``enter`` did for one task execution, for ``leave`` and the body guard."""
+
+    __slots__ = ("deferred", "error", "saved", "schema_name", "tenant")
+
+    def __init__(
+        self,
+        schema_name: str,
+        tenant: Any,
+        error: BaseException | None,
+        saved: list[tuple[Any, _State]],
+        deferred: bool,
+    ) -> None:
+        self.schema_name = schema_name
+        self.tenant = tenant
+        self.error = error
+        self.saved = saved
+        self.deferred = deferred
+
+
+def enter(task: Any) -> Activation:
+    """Switch the task's connections to the tenant its request names; never raises."""
+    request = task.request
+    deferred = not request.is_eager
+    public = public_schema_name()
+    schema_name, tenant, error = public, None, None
+    targets: list[Any] = []
+    try:
+        schema_name = schema_name_from_request(request, public)
+        targets = [_tenant_connection(alias) for alias in tenant_databases(task)]
+        if schema_name != public:
+            tenant = lookup_tenant(task, schema_name, tenant_cache_seconds(task))
+    except Exception as exc:
+        schema_name, tenant, error = public, None, exc
+    saved = _saved_states(targets, deferred)
+    try:
+        for connection in targets:
+            _switch(connection, tenant)
+    except Exception as exc:
+        for connection in targets:
+            connection.set_schema_to_public()
+        schema_name, tenant, error = public, None, error or exc
+    activation = Activation(schema_name, tenant, error, saved, deferred)
+    setattr(request, ACTIVATION_ATTR, activation)
+    if error is None and tenant_activated.receivers:
+        tenant_activated.send(sender=task, task=task, tenant=tenant, schema_name=schema_name)
+    return activation
+
+
+def leave(task: Any) -> None:
+    """Restore what ``enter`` switched (at once when eager, else at the next task)."""
+    activation = getattr(task.request, ACTIVATION_ATTR, None)
+    if type(activation) is not Activation:
+        return
+    if activation.deferred:
+        for connection, state in activation.saved:
+            connection.__dict__[DEFERRED_RESTORE_ATTR] = state
+    else:
+        for connection, state in reversed(activation.saved):
+            _put(connection, *state)
+
+
+def restore_deferred() -> None:
+    """Restore every connection a previous worker task of this thread left switched."""
+    _saved_states([], deferred=True)
+
+
+def ensure_activated(task: Any) -> None:
+    """Raise the error that kept the task's tenant from being activated, if any.
+
+    Raises:
+        TenantSchemasCeleryError: the recorded activation failure.
+        TenantActivationMissing: the task is executed by Celery but ``enter`` never ran.
+    """
+    request = task.request
+    activation = getattr(request, ACTIVATION_ATTR, None)
+    if type(activation) is Activation:
+        if activation.error is not None:
+            raise activation.error
+    elif not request.called_directly:
+        raise TenantActivationMissing(task.name)
+
+
+def _tenant_connection(alias: str) -> Any:
+    connection = connections[alias]
+    if not hasattr(connection, "set_tenant"):
+        raise TenantConfigurationError(
+            f"Database {alias!r} does not use django-tenants' backend "
+            "(ENGINE 'django_tenants.postgresql_backend'), so it cannot follow a tenant."
+        )
+    return connection
+
+
+def _saved_states(targets: list[Any], deferred: bool) -> list[tuple[Any, _State]]:
+    """Return the targets' states to restore; in a worker, first settle deferred restores."""
+    carried: dict[int, _State] = {}
+    if deferred:
+        for connection in connections.all(initialized_only=True):
+            state = connection.__dict__.pop(DEFERRED_RESTORE_ATTR, None)
+            if state is None:
+                continue
+            if connection in targets:
+                carried[id(connection)] = state
+            else:
+                _put(connection, *state)
+    return [
+        (connection, carried.get(id(connection)) or _state(connection)) for connection in targets
+    ]
+
+
+def _state(connection: Any) -> _State:
+    return connection.tenant, connection.include_public_schema
+
+
+def _switch(connection: Any, tenant: Any) -> None:
+    if tenant is not None:
+        _put(connection, tenant, True)
+    elif connection.schema_name != public_schema_name():
+        connection.set_schema_to_public()
+
+
+def _put(connection: Any, tenant: Any, include_public: bool) -> None:
+    """Make ``tenant`` the connection's tenant, without a new SET when the schema is the same."""
+    if connection.include_public_schema == include_public:
+        if connection.tenant is tenant:
+            return
+        if connection.schema_name == tenant.schema_name:
+            connection.tenant = tenant
+            return
+    connection.set_tenant(tenant, include_public)

@@ -1,0 +1,47 @@
+"""``CeleryApp``: a Celery app whose every task is tenant-aware."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from .capture import headers_with_schema
+from .log import DEFAULT_TASK_LOG_FORMAT
+from .task import make_tenant_aware, tenant_aware_class
+
+
+class CeleryApp(Celery):
+    """A ``celery.Celery`` app whose tasks run in the schema they were sent from.
+
+    ``task_cls`` is ``TenantTask``; tasks made from another base class (a custom
+    ``celery.Task`` subclass, a class-based task) are given ``TenantTask``'s
+    behaviour too. ``send_task`` by name carries the active schema as well.
+
+    Example:
+        >>> app = CeleryApp()
+        >>> app.config_from_object("django.conf:settings", namespace="CELERY")
+        >>> app.autodiscover_tasks()
+    """
+
+    task_cls = "tenant_schemas_celery.task:TenantTask"
+    registry_cls = "tenant_schemas_celery.registry:TenantTaskRegistry"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_defaults({"worker_task_log_format": DEFAULT_TASK_LOG_FORMAT})
+
+    def _task_from_fun(self, fun: Any, name: Any = None, base: Any = None, **options: Any) -> Any:
+        base = tenant_aware_class(base or self.Task)
+        return super()._task_from_fun(fun, name=name, base=base, **options)
+
+    def register_task(self, task: Any, **options: Any) -> Any:
+        """Register a class-based task, made tenant-aware."""
+        return super().register_task(make_tenant_aware(task), **options)
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Send a task by name, with the active schema in its ``_schema_name`` header."""
+        headers = options.get("headers")
+        if not headers or "_schema_name" not in headers:
+            options["headers"] = headers_with_schema(headers)
+        return super().send_task(name, args, kwargs, **options)

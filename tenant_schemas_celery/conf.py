@@ -1,0 +1,107 @@
+"""Option lookup: task attribute, then the Celery app's configuration, then the default.
+
+Each getter reads its sources at call time, so changing ``app.conf`` or Django
+settings (``override_settings``) takes effect on the next task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS
+
+from .exceptions import TenantConfigurationError
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+#: Default for ``tenant_cache_seconds``: tenants are looked up for every task.
+DEFAULT_CACHE_SECONDS = 0
+
+
+def tenant_db_alias() -> str:
+    """Return django-tenants' ``TENANT_DB_ALIAS``: the connection that carries the schema."""
+    alias: str = getattr(settings, "TENANT_DB_ALIAS", DEFAULT_DB_ALIAS)
+    return alias
+
+
+def public_schema_name() -> str:
+    """Return django-tenants' ``PUBLIC_SCHEMA_NAME`` (``"public"`` by default)."""
+    name: str = getattr(settings, "PUBLIC_SCHEMA_NAME", "public")
+    return name
+
+
+def app_setting(app: Celery, name: str) -> Any:
+    """Return the Celery setting ``name`` (lower case) or its upper-case spelling, or None.
+
+    With ``config_from_object("django.conf:settings", namespace="CELERY")`` the
+    Django setting ``CELERY_<NAME>`` is found under either spelling.
+    """
+    conf = app.conf
+    value = conf.get(name)
+    if value is None:
+        value = conf.get(name.upper())
+    return value
+
+
+def tenant_databases(task_or_cls: Any) -> tuple[str, ...]:
+    """Return the database aliases whose connections follow the task's tenant.
+
+    Parameters:
+        task_or_cls: a task, or a task class, with an optional ``tenant_databases``.
+
+    Raises:
+        TenantConfigurationError: the value is not a list of aliases of ``settings.DATABASES``.
+    """
+    value = getattr(task_or_cls, "tenant_databases", None)
+    source = "the tenant_databases task option"
+    if value is None:
+        value = app_setting(task_or_cls._get_app(), "task_tenant_databases")
+        source = "the task_tenant_databases setting"
+    if value is None:
+        return (tenant_db_alias(),)
+    aliases = _as_aliases(value, source)
+    unknown = [alias for alias in aliases if alias not in settings.DATABASES]
+    if unknown:
+        raise TenantConfigurationError(
+            f"{source} names {unknown!r}, which settings.DATABASES does not define "
+            f"(known aliases: {sorted(settings.DATABASES)!r})."
+        )
+    return aliases
+
+
+def _as_aliases(value: object, source: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, Iterable) or isinstance(value, (bytes, dict)):
+        raise TenantConfigurationError(
+            f"{source} must be a list of database aliases, got {value!r}."
+        )
+    aliases = tuple(value)
+    if not aliases or not all(isinstance(alias, str) for alias in aliases):
+        raise TenantConfigurationError(
+            f"{source} must be a non-empty list of database alias strings, got {value!r}."
+        )
+    return aliases
+
+
+def tenant_cache_seconds(task_or_cls: Any) -> float:
+    """Return how long a looked-up tenant may be reused, in seconds (0: always look up).
+
+    Raises:
+        TenantConfigurationError: the value is not a number of seconds >= 0.
+    """
+    value = getattr(task_or_cls, "tenant_cache_seconds", None)
+    source = "the tenant_cache_seconds task option"
+    if value is None:
+        value = app_setting(task_or_cls._get_app(), "task_tenant_cache_seconds")
+        source = "the task_tenant_cache_seconds setting"
+    if value is None:
+        return DEFAULT_CACHE_SECONDS
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise TenantConfigurationError(
+            f"{source} must be a number of seconds >= 0 (0 disables the cache), got {value!r}."
+        )
+    return value

@@ -1,0 +1,84 @@
+"""Run side, first step: from a task request to a validated schema name and its tenant."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.core.exceptions import ObjectDoesNotExist
+
+from .cache import tenant_cache
+from .capture import SCHEMA_HEADER
+from .exceptions import InvalidSchemaName, TenantLookupFailed, TenantNotFound
+
+#: PostgreSQL's limit on identifier length, in bytes.
+MAX_SCHEMA_NAME_BYTES = 63
+
+_FORBIDDEN_CHARACTERS = re.compile(r"[\"'\\;\x00\r\n]")
+_MISSING = object()
+
+
+def schema_name_from_request(request: Any, default: str) -> str:
+    """Return the validated ``_schema_name`` header of a task request, or ``default``.
+
+    Raises:
+        InvalidSchemaName: the header is present but not a valid schema name.
+    """
+    value = getattr(request, SCHEMA_HEADER, _MISSING)
+    if value is _MISSING:
+        headers = getattr(request, "headers", None)
+        value = headers.get(SCHEMA_HEADER, _MISSING) if isinstance(headers, dict) else _MISSING
+    if value is _MISSING:
+        return default
+    return validate_schema_name(value)
+
+
+def validate_schema_name(value: object) -> str:
+    """Return ``value`` if it can name a django-tenants schema, else raise InvalidSchemaName.
+
+    A valid name is a non-empty string of at most 63 bytes (UTF-8) that does not
+    start with ``pg_`` and holds no quote, backslash, semicolon, NUL or line break.
+    """
+    if not isinstance(value, str):
+        raise InvalidSchemaName(value, f"expected a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidSchemaName(value, "it is empty")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidSchemaName(value, "it is not valid UTF-8 text") from None
+    if size > MAX_SCHEMA_NAME_BYTES:
+        raise InvalidSchemaName(
+            value, f"it is {size} bytes long, over PostgreSQL's 63-byte identifier limit"
+        )
+    if value[:3].lower() == "pg_":
+        raise InvalidSchemaName(value, "names starting with 'pg_' are reserved by PostgreSQL")
+    if _FORBIDDEN_CHARACTERS.search(value):
+        raise InvalidSchemaName(value, "it holds a quote, backslash, semicolon, NUL or line break")
+    return value
+
+
+def lookup_tenant(task: Any, schema_name: str, cache_seconds: float) -> Any:
+    """Return the tenant of ``schema_name``, from the process cache when allowed.
+
+    Parameters:
+        task: the task; its ``get_tenant_for_schema`` classmethod does the lookup.
+        cache_seconds(float): how old a cached tenant may be; 0 always looks up.
+
+    Raises:
+        TenantNotFound: no tenant has that schema name.
+        TenantLookupFailed: the lookup raised anything else (a database error, say).
+    """
+    if cache_seconds:
+        tenant = tenant_cache.get(schema_name, None, max_age=cache_seconds)
+        if tenant is not None:
+            return tenant
+    try:
+        tenant = task.get_tenant_for_schema(schema_name)
+    except ObjectDoesNotExist:
+        raise TenantNotFound(schema_name) from None
+    except Exception as exc:
+        raise TenantLookupFailed(schema_name, f"{type(exc).__name__}: {exc}") from exc
+    if cache_seconds:
+        tenant_cache.set(schema_name, tenant, cache_seconds)
+    return tenant

@@ -1,0 +1,212 @@
+"""``TenantTask``: a Celery task that runs in the schema of the tenant it was sent from."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from types import FunctionType, MethodType
+from typing import Any, ClassVar, TypeVar
+from weakref import WeakKeyDictionary
+
+from celery import Task
+from celery.contrib.django.task import DjangoTask
+from celery.signals import task_postrun, task_prerun
+
+from . import activation, conf
+from .cache import SimpleCache, tenant_cache
+from .capture import headers_with_schema
+
+__all__ = ["TenantTask", "headers_with_schema", "make_tenant_aware", "tenant_aware_class"]
+
+_TaskT = TypeVar("_TaskT", bound=Task)
+_GUARD_MARK = "__tenant_guarded__"
+
+
+class TenantTask(DjangoTask):
+    """A task that runs with its database connections switched to the sender's tenant.
+
+    Sending (``delay``, ``apply_async``, ``apply``, signatures and canvas) stores the
+    schema active on django-tenants' connection in the ``_schema_name`` header.
+    Before the body runs, every alias of ``tenant_databases`` is switched to that
+    tenant (public without a header); afterwards the previous tenant comes back.
+    When the header is malformed or names no tenant, the task fails with a
+    ``TenantSchemasCeleryError`` and its body does not run.
+
+    Attributes:
+        tenant_databases(Sequence[str] | None): aliases to switch; defaults to the
+            ``task_tenant_databases`` setting, then ``(TENANT_DB_ALIAS,)``.
+        tenant_cache_seconds(float | None): how long a looked-up tenant is reused;
+            defaults to the ``task_tenant_cache_seconds`` setting, then 0 (no cache).
+    """
+
+    tenant_databases: ClassVar[Sequence[str] | None] = None
+    tenant_cache_seconds: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _guard_run(cls)
+
+    @classmethod
+    def get_tenant_for_schema(cls, schema_name: str) -> Any:
+        """Return the tenant whose schema is ``schema_name``; override to customise the lookup."""
+        from django_tenants.utils import get_tenant_model
+
+        return get_tenant_model().objects.get(schema_name=schema_name)
+
+    @classmethod
+    def get_tenant_databases(cls) -> tuple[str, ...]:
+        """Return the database aliases switched to the task's tenant."""
+        return conf.tenant_databases(cls)
+
+    @classmethod
+    def tenant_cache(cls) -> SimpleCache:
+        """Return the process-wide cache of tenant objects."""
+        return tenant_cache
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Send the task with the active schema in its ``_schema_name`` header."""
+        options["headers"] = headers_with_schema(options.get("headers"))
+        return super().apply_async(
+            args,
+            kwargs,
+            task_id=task_id,
+            producer=producer,
+            link=link,
+            link_error=link_error,
+            shadow=shadow,
+            **options,
+        )
+
+    def apply(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        task_id: str | None = None,
+        retries: int | None = None,
+        throw: bool | None = None,
+        logfile: Any = None,
+        loglevel: Any = None,
+        headers: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Run the task locally, in the active schema (or its ``_schema_name`` header's)."""
+        return super().apply(
+            args,
+            kwargs,
+            link=link,
+            link_error=link_error,
+            task_id=task_id,
+            retries=retries,
+            throw=throw,
+            logfile=logfile,
+            loglevel=loglevel,
+            headers=headers_with_schema(headers),
+            **options,
+        )
+
+
+def _guard_run(cls: type) -> None:
+    """Make ``cls.run`` raise the task's tenant activation error instead of running."""
+    raw = inspect.getattr_static(cls, "run")
+    target = raw.__func__ if isinstance(raw, staticmethod) else raw
+    if getattr(target, _GUARD_MARK, False):
+        return
+    ensure_activated = activation.ensure_activated
+    if isinstance(raw, staticmethod):
+        body: Callable[..., Any] = raw.__func__
+
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            ensure_activated(self)
+            return body(*args, **kwargs)
+
+        _copy_identity(run, body)
+        run.__signature__ = _with_self(body)  # type: ignore[attr-defined]
+    elif isinstance(raw, FunctionType):
+        method: Callable[..., Any] = raw
+
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            ensure_activated(self)
+            return method(self, *args, **kwargs)
+
+        _copy_identity(run, method)
+        run.__wrapped__ = method  # type: ignore[attr-defined]
+    else:
+        descriptor = raw
+
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            ensure_activated(self)
+            return descriptor.__get__(self, type(self))(*args, **kwargs)
+
+    setattr(run, _GUARD_MARK, True)
+    cls.run = run  # type: ignore[attr-defined]
+
+
+def _copy_identity(wrapper: Callable[..., Any], wrapped: Callable[..., Any]) -> None:
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        if hasattr(wrapped, name):
+            setattr(wrapper, name, getattr(wrapped, name))
+
+
+def _with_self(function: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+    task_self = inspect.Parameter("_task_self", inspect.Parameter.POSITIONAL_ONLY)
+    return signature.replace(parameters=[task_self, *signature.parameters.values()])
+
+
+_variants: WeakKeyDictionary[type, type] = WeakKeyDictionary()
+
+
+def tenant_aware_class(base: type[_TaskT]) -> type[_TaskT]:
+    """Return ``base`` if it is a ``TenantTask``, else a ``TenantTask`` subclass of it."""
+    if issubclass(base, TenantTask):
+        return base
+    variant = _variants.get(base)
+    if variant is None:
+        namespace = {
+            "__module__": base.__module__,
+            "__qualname__": base.__qualname__,
+            "__doc__": base.__doc__,
+        }
+        variant = type(base.__name__, (TenantTask, base), namespace)
+        _variants[base] = variant
+    return variant
+
+
+def make_tenant_aware(task: Any) -> Any:
+    """Return a task class or instance turned into a ``TenantTask`` (instances in place)."""
+    if inspect.isclass(task):
+        return tenant_aware_class(task)
+    if not isinstance(task, TenantTask):
+        task.__class__ = tenant_aware_class(type(task))
+        if "_orig_run" in task.__dict__:  # autoretry already wrapped the unguarded run
+            task._orig_run = MethodType(type(task).run, task)
+    return task
+
+
+@task_prerun.connect(weak=False, dispatch_uid="tenant_schemas_celery.activate")
+def _activate_tenant(sender: Any = None, **kwargs: Any) -> None:
+    if isinstance(sender, TenantTask):
+        activation.enter(sender)
+    elif sender is not None and not sender.request.is_eager:
+        activation.restore_deferred()
+
+
+@task_postrun.connect(weak=False, dispatch_uid="tenant_schemas_celery.deactivate")
+def _deactivate_tenant(sender: Any = None, **kwargs: Any) -> None:
+    if isinstance(sender, TenantTask):
+        activation.leave(sender)

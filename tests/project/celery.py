@@ -1,0 +1,13 @@
+"""The test project's Celery app, set up exactly as the README's quickstart says."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.project.settings")
+
+from django.conf import settings  # noqa: E402
+
+from tenant_schemas_celery.app import CeleryApp as TenantAwareCeleryApp  # noqa: E402
+
+app = TenantAwareCeleryApp()
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(lambda: settings.INSTALLED_APPS)

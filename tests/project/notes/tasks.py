@@ -1,0 +1,162 @@
+"""Tasks of the test project: each reports the schema and rows it saw."""
+
+import time
+
+import redis
+from celery import Task, shared_task
+from celery.exceptions import Ignore, Reject
+from django.conf import settings
+from django.db import connection, connections
+from django_tenants.utils import schema_context
+
+from tenant_schemas_celery.exceptions import TenantNotFound
+from tenant_schemas_celery.task import TenantTask
+from tests.project.celery import app
+
+from .models import Note
+
+EVENTS_KEY = "tsc-tests:events"
+
+
+def events() -> redis.Redis:
+    return redis.Redis.from_url(f"{settings.REDIS_URL}/12")
+
+
+def record_event(text: str) -> None:
+    events().rpush(EVENTS_KEY, text)
+
+
+def seen() -> dict:
+    """What a task body sees: schemas of each connection and the notes visible."""
+    return {
+        "schema": connection.schema_name,
+        "tenant": getattr(connection.tenant, "name", None),
+        "other": connections["other"].schema_name,
+        "untouched": connections["untouched"].schema_name,
+        "notes": sorted(Note.objects.values_list("text", flat=True)),
+    }
+
+
+@app.task
+def whereami(*args, **kwargs):
+    return seen()
+
+
+@app.task
+def write_note(text):
+    Note.objects.create(text=text)
+    return connection.schema_name
+
+
+@app.task
+def fail():
+    raise ValueError("boom")
+
+
+@app.task(bind=True, max_retries=3)
+def retry_once(self):
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.1)
+    return {"retries": self.request.retries, **seen()}
+
+
+@app.task
+def reject():
+    raise Reject("no", requeue=False)
+
+
+@app.task
+def ignore():
+    raise Ignore()
+
+
+@app.task(soft_time_limit=0.3)
+def soft_limited():
+    time.sleep(5)
+
+
+@app.task
+def eager_inside(inner_schema):
+    """Apply ``whereami`` eagerly in another schema; report both and the schema after."""
+    before = connection.schema_name
+    with schema_context(inner_schema):
+        inner = whereami.apply().result
+    return {"before": before, "inner": inner["schema"], "after": connection.schema_name}
+
+
+@app.task
+def send_from_task():
+    return whereami.delay().id
+
+
+@app.task
+def collect(results):
+    return {"results": [r["schema"] for r in results], "self": connection.schema_name}
+
+
+@app.task
+def on_error(request, exc, traceback):
+    record_event(f"errback:{request.id}:{type(exc).__name__}:{connection.schema_name}")
+
+
+@app.task(tenant_databases=("default", "other"))
+def multi_db_whereami():
+    return seen()
+
+
+@app.task(tenant_databases=("default", "missing"))
+def bad_alias():
+    return seen()
+
+
+@app.task(tenant_cache_seconds=30)
+def cached_whereami():
+    return seen()
+
+
+@app.task(tenant_cache_seconds=0)
+def uncached_whereami():
+    return seen()
+
+
+@app.task(autoretry_for=(TenantNotFound,), max_retries=2, default_retry_delay=0.1)
+def autoretried_whereami():
+    return seen()
+
+
+class RecordingTask(TenantTask):
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        record_event(f"on_failure:{task_id}:{type(exc).__name__}:{connection.schema_name}")
+
+
+@app.task(base=RecordingTask)
+def recording_write_note(text):
+    Note.objects.create(text=text)
+    return connection.schema_name
+
+
+@shared_task(base=TenantTask, bind=True)
+def shared_whereami(self):
+    return seen()
+
+
+class PlainBase(Task):
+    """A custom base that knows nothing of tenants."""
+
+    def describe(self):
+        return "plain-base"
+
+
+@shared_task(base=PlainBase)
+def custom_base_whereami():
+    return seen()
+
+
+class ClassBasedWhereami(Task):
+    name = "notes.class_based_whereami"
+
+    def run(self):
+        return seen()
+
+
+app.register_task(ClassBasedWhereami())

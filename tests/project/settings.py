@@ -1,0 +1,66 @@
+"""Django settings of the test project; every connection setting comes from the environment."""
+
+import os
+
+SECRET_KEY = "tests-only"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+
+def _database(**extra):
+    return {
+        "ENGINE": "django_tenants.postgresql_backend",
+        "NAME": os.environ.get("TSC_PG_DB", "tsc_test"),
+        "USER": os.environ.get("TSC_PG_USER", "postgres"),
+        "PASSWORD": os.environ.get("TSC_PG_PASSWORD", ""),
+        "HOST": os.environ.get("TSC_PG_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("TSC_PG_PORT", "5432"),
+        **extra,
+    }
+
+
+DATABASES = {
+    "default": _database(),
+    # A second connection to the same database, for the multiple-databases tests.
+    "other": _database(),
+    # A third one that no test task lists in tenant_databases.
+    "untouched": _database(),
+}
+DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
+
+SHARED_APPS = [
+    "django_tenants",
+    "tests.project.customers",
+    "django.contrib.contenttypes",
+    "django_celery_beat",
+    # Also shared, so that a task wrongly run in public would find a table to write to.
+    "tests.project.notes",
+]
+TENANT_APPS = [
+    "django.contrib.contenttypes",
+    "django_celery_beat",
+    "tests.project.notes",
+]
+INSTALLED_APPS = list(dict.fromkeys(SHARED_APPS + TENANT_APPS))
+TENANT_MODEL = "customers.Client"
+TENANT_DOMAIN_MODEL = "customers.Domain"
+
+REDIS_URL = os.environ.get("TSC_REDIS_URL", "redis://127.0.0.1:6379")
+AMQP_URL = os.environ.get("TSC_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+CELERY_BROKER_URL = os.environ.get("TSC_BROKER_URL", f"{REDIS_URL}/13")
+CELERY_RESULT_BACKEND = os.environ.get("TSC_RESULT_BACKEND", f"{REDIS_URL}/14")
+CELERY_RESULT_EXTENDED = True
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("TSC_QUEUE", "tsc-tests")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_TENANT_CACHE_SECONDS = int(os.environ.get("TSC_CACHE_SECONDS", "0"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+}
