@@ -47,7 +47,8 @@ def _recreate_database() -> None:
 
 
 def create_tenant(schema_name: str) -> Client:
-    tenant = Client.objects.create(schema_name=schema_name, name=schema_name.upper())
+    tenant = Client(schema_name=schema_name, name=schema_name.upper())
+    tenant.save(verbosity=0)
     Domain.objects.create(domain=f"{schema_name}.example.com", tenant=tenant, is_primary=True)
     return tenant
 
@@ -84,9 +85,7 @@ def recorded_events() -> list[str]:
 def use_broker(url: str) -> None:
     """Point the test process's app (the sender) at another broker."""
     app.conf.broker_url = url
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    app._pool = None  # kombu keeps the pools of each broker; the app must pick the new one
     app.amqp._producer_pool = None
 
 

@@ -149,10 +149,10 @@ def test_deleted_tenant_fails_cleanly_and_writes_nothing(tenants):
     # Given a tenant whose tasks are sent, then the tenant is deleted
     doomed = create_tenant("doomed")
     with schema_context("doomed"):
-        doomed.delete(force_drop=True)
         result = tasks.recording_write_note.apply_async(
-            ("ghost",), link_error=tasks.on_error.s()
+            ("ghost",), link_error=tasks.on_error.s(), countdown=1
         )
+    doomed.delete(force_drop=True)
     # Then the task fails with TenantNotFound naming the schema
     with pytest.raises(TenantNotFound, match="doomed"):
         result.get(timeout=TIMEOUT)

@@ -160,3 +160,11 @@ class ClassBasedWhereami(Task):
 
 
 app.register_task(ClassBasedWhereami())
+
+
+@app.task
+def log_something(text):
+    from celery.utils.log import get_task_logger
+
+    get_task_logger(__name__).warning("logged %s", text)
+    return connection.schema_name

@@ -1,0 +1,28 @@
+"""A plain ``celery.Celery`` app (no CeleryApp) with one TenantTask and one ordinary task."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.project.settings")
+
+import django  # noqa: E402
+from celery import Celery  # noqa: E402
+
+django.setup()
+
+from django.db import connection  # noqa: E402
+
+from tenant_schemas_celery.task import TenantTask  # noqa: E402
+
+app = Celery("plain", set_as_current=False)
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_default_queue = os.environ.get("TSC_QUEUE", "tsc-tests") + "-plain"
+
+
+@app.task(base=TenantTask)
+def tenant_schema():
+    return connection.schema_name
+
+
+@app.task
+def plain_schema():
+    return connection.schema_name

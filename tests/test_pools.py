@@ -1,0 +1,66 @@
+"""Worker pools, a plain Celery app, and worker logs, with real worker processes (Redis)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from django_tenants.utils import schema_context
+
+from tests.conftest import BROKERS
+from tests.project import plain_celery
+from tests.project.notes import tasks
+from tests.workers import worker
+
+pytestmark = pytest.mark.integration
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module", params=["prefork", "threads"])
+def pool_worker(request, database):
+    process = worker(BROKERS["redis"], pool=request.param, concurrency=3).start()
+    yield request.param
+    process.stop()
+
+
+def test_interleaved_tenants_on_pool(pool_worker, tenants):
+    # Given many tasks sent round-robin from public and both tenants
+    schemas = list(itertools.islice(itertools.cycle(["tenant1", "tenant2", "public"]), 60))
+    results = []
+    for schema_name in schemas:
+        with schema_context(schema_name):
+            results.append(tasks.whereami.delay())
+    # Then every one ran in the schema it was sent from
+    assert [r.get(timeout=TIMEOUT)["schema"] for r in results] == schemas
+
+
+def test_soft_time_limit_then_next_task_in_its_tenant(pool_worker, tenants):
+    if pool_worker != "prefork":
+        pytest.skip("time limits need the prefork pool")
+    with schema_context("tenant1"):
+        limited = tasks.soft_limited.delay()
+    assert limited.wait(timeout=TIMEOUT, propagate=False) is not None
+    assert limited.state == "FAILURE"
+    with schema_context("tenant2"):
+        after = [tasks.whereami.delay() for _ in range(6)]
+    assert {r.get(timeout=TIMEOUT)["schema"] for r in after} == {"tenant2"}
+
+
+@pytest.fixture(scope="module")
+def plain_app_worker(database):
+    plain_celery.app.conf.broker_url = BROKERS["redis"]
+    process = worker(BROKERS["redis"])
+    process.args[1] = "tests.project.plain_celery"
+    process.args += ["-Q", plain_celery.app.conf.task_default_queue]
+    process.start()
+    yield
+    process.stop()
+
+
+def test_tenant_task_on_a_plain_celery_app(plain_app_worker, tenants):
+    # A TenantTask on a plain app runs in its tenant; the next plain task sees public again
+    with schema_context("tenant1"):
+        tenant_result = plain_celery.tenant_schema.delay()
+    plain_result = plain_celery.plain_schema.delay()
+    assert tenant_result.get(timeout=TIMEOUT) == "tenant1"
+    assert plain_result.get(timeout=TIMEOUT) == "public"
