@@ -105,7 +105,10 @@ def ensure_activated(task: Any) -> None:
         TenantSchemasCeleryError: the recorded activation failure.
         TenantActivationMissing: the task is executed by Celery but ``enter`` never ran.
     """
-    request = task.request
+    stack = task.request_stack
+    request = stack.top if stack is not None else None
+    if request is None:  # run() called outside Celery on an unbound task
+        return
     activation = getattr(request, ACTIVATION_ATTR, None)
     if type(activation) is Activation:
         if activation.error is not None:

@@ -8,10 +8,10 @@ import uuid
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.project.settings")
 os.environ.setdefault("TSC_QUEUE", f"tsc-tests-{uuid.uuid4().hex[:8]}")
 
-import django  # noqa: E402
-import psycopg2  # noqa: E402
-import pytest  # noqa: E402
-from django.conf import settings  # noqa: E402
+import django
+import psycopg2
+import pytest
+from django.conf import settings
 
 django.setup()
 

@@ -4,9 +4,9 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.project.settings")
 
-from django.conf import settings  # noqa: E402
+from django.conf import settings
 
-from tenant_schemas_celery.app import CeleryApp as TenantAwareCeleryApp  # noqa: E402
+from tenant_schemas_celery.app import CeleryApp as TenantAwareCeleryApp
 
 app = TenantAwareCeleryApp()
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -1,0 +1,139 @@
+"""``CeleryApp``: which tasks become tenant-aware, and the PyPI package's public names."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+from celery import Task, shared_task
+from celery.contrib.django.task import DjangoTask
+
+from tenant_schemas_celery.app import CeleryApp
+from tenant_schemas_celery.cache import SimpleCache, tenant_cache
+from tenant_schemas_celery.registry import TenantTaskRegistry
+from tenant_schemas_celery.task import TenantTask
+
+
+class MyBase(Task):
+    def hello(self):
+        return "hello"
+
+
+class Subclassed(CeleryApp):
+    task_cls = "tests.test_app:MyBase"
+
+
+@pytest.fixture
+def app():
+    app = CeleryApp("app-tests", set_as_current=False)
+    yield app
+    app.close()
+
+
+def test_app_tasks_are_tenant_tasks_and_django_tasks(app):
+    @app.task(shared=False)
+    def plain():
+        return 1
+
+    assert isinstance(plain, TenantTask)
+    assert isinstance(plain, DjangoTask)
+    assert hasattr(plain, "delay_on_commit")
+    assert isinstance(app.tasks, TenantTaskRegistry)
+
+
+def test_custom_base_keeps_its_behaviour_and_gains_tenants(app):
+    @app.task(base=MyBase, shared=False)
+    def custom():
+        return 1
+
+    assert isinstance(custom, TenantTask)
+    assert isinstance(custom, MyBase)
+    assert custom.hello() == "hello"
+
+
+def test_task_cls_string_on_a_subclass():
+    app = Subclassed("subclassed", set_as_current=False)
+
+    @app.task(shared=False)
+    def task_of_subclass():
+        return 1
+
+    assert isinstance(task_of_subclass, MyBase)
+    assert isinstance(task_of_subclass, TenantTask)
+    app.close()
+
+
+def test_shared_task_with_custom_base_on_current_app():
+    app = CeleryApp("shared-tests")
+    app.set_current()
+
+    @shared_task(base=MyBase)
+    def shared_custom():
+        return 1
+
+    app.finalize()
+    assert isinstance(app.tasks[shared_custom.name], TenantTask)
+    app.close()
+
+
+def test_class_based_tasks_registered_both_ways(app):
+    class ByRegisterTask(Task):
+        name = "by.register_task"
+        autoretry_for = (KeyError,)
+
+        def run(self):
+            return 1
+
+    class ByRegistry(Task):
+        name = "by.registry"
+
+        def run(self):
+            return 2
+
+    app.register_task(ByRegisterTask())
+    app.tasks.register(ByRegistry)
+    for name in ("by.register_task", "by.registry"):
+        assert isinstance(app.tasks[name], TenantTask)
+    # Called directly, the guarded body still runs normally
+    assert app.tasks["by.register_task"]() == 1
+    assert app.tasks["by.registry"].run() == 2
+
+
+def test_guarded_run_keeps_the_signature(app):
+    @app.task(shared=False)
+    def unbound(a, b=2):
+        return a + b
+
+    @app.task(shared=False, bind=True)
+    def bound(self, a, b=2):
+        return a + b
+
+    assert str(inspect.signature(unbound.run)) == "(a, b=2)"
+    assert str(inspect.signature(bound.run)) == "(a, b=2)"
+    assert unbound(1) == bound(1) == 3
+
+
+def test_pypi_public_names():
+    assert TenantTask.tenant_cache() is tenant_cache
+    assert isinstance(tenant_cache, SimpleCache)
+    assert TenantTask.get_tenant_databases() == ("default",)
+    assert inspect.ismethod(TenantTask.get_tenant_for_schema)
+    task_module = importlib.import_module("tenant_schemas_celery.task")
+    assert callable(task_module.headers_with_schema)
+    compat = importlib.import_module("tenant_schemas_celery.compat")
+    from django_tenants import utils
+
+    for name in ("get_tenant_model", "get_public_schema_name", "schema_context", "tenant_context"):
+        assert getattr(compat, name) is getattr(utils, name)
+    assert compat.TenantMixin.__name__ == "TenantMixin"
+    assert compat.TenantTestCase.__name__ == "TenantTestCase"
+    with pytest.raises(AttributeError):
+        compat.nothing_here  # noqa: B018
+
+
+def test_package_root_exports():
+    import tenant_schemas_celery
+
+    for name in tenant_schemas_celery.__all__:
+        assert getattr(tenant_schemas_celery, name) is not None
