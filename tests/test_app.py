@@ -6,7 +6,7 @@ import importlib
 import inspect
 
 import pytest
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 from celery.contrib.django.task import DjangoTask
 
 from tenant_schemas_celery.app import CeleryApp
@@ -65,16 +65,19 @@ def test_task_cls_string_on_a_subclass():
 
 
 def test_shared_task_with_custom_base_on_current_app():
+    previous = current_app._get_current_object()
     app = CeleryApp("shared-tests")
-    app.set_current()
+    try:
 
-    @shared_task(base=MyBase)
-    def shared_custom():
-        return 1
+        @shared_task(base=MyBase)
+        def shared_custom():
+            return 1
 
-    app.finalize()
-    assert isinstance(app.tasks[shared_custom.name], TenantTask)
-    app.close()
+        app.finalize()
+        assert isinstance(app.tasks[shared_custom.name], TenantTask)
+    finally:
+        app.close()
+        previous.set_current()
 
 
 def test_class_based_tasks_registered_both_ways(app):

@@ -34,9 +34,8 @@ def test_interleaved_tenants_on_pool(pool_worker, tenants):
     assert [r.get(timeout=TIMEOUT)["schema"] for r in results] == schemas
 
 
+@pytest.mark.parametrize("pool_worker", ["prefork"], indirect=True)  # time limits need prefork
 def test_soft_time_limit_then_next_task_in_its_tenant(pool_worker, tenants):
-    if pool_worker != "prefork":
-        pytest.skip("time limits need the prefork pool")
     with schema_context("tenant1"):
         limited = tasks.soft_limited.delay()
     assert limited.wait(timeout=TIMEOUT, propagate=False) is not None
