@@ -10,6 +10,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from .cache import tenant_cache
 from .capture import SCHEMA_HEADER
 from .exceptions import InvalidSchemaName, TenantLookupFailed, TenantNotFound
+from .invalidation import catch_up
 
 #: PostgreSQL's limit on identifier length, in bytes.
 MAX_SCHEMA_NAME_BYTES = 63
@@ -70,6 +71,7 @@ def lookup_tenant(task: Any, schema_name: str, cache_seconds: float) -> Any:
         TenantLookupFailed: the lookup raised anything else (a database error, say).
     """
     if cache_seconds:
+        catch_up()
         tenant = tenant_cache.get(schema_name, None, max_age=cache_seconds)
         if tenant is not None:
             return tenant

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery.utils.dispatch import Signal
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
 from .cache import tenant_cache
@@ -28,8 +29,13 @@ def forget_tenant(tenant: Any) -> None:
 
 
 def _on_model_change(sender: type, instance: Any, **kwargs: Any) -> None:
-    if tenant_cache and _is_tenant_model(sender):
-        forget_tenant(instance)
+    if not _is_tenant_model(sender):
+        return
+    forget_tenant(instance)
+    from .invalidation import forget_everywhere
+
+    schema_name = instance.schema_name
+    transaction.on_commit(lambda: forget_everywhere(schema_name), using=instance._state.db)
 
 
 def _is_tenant_model(model: type) -> bool:

@@ -168,3 +168,9 @@ def log_something(text):
 
     get_task_logger(__name__).warning("logged %s", text)
     return connection.schema_name
+
+
+@app.task(tenant_cache_seconds=300)
+def cached_write_note(text):
+    Note.objects.create(text=text)
+    return connection.schema_name
