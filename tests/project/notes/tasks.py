@@ -174,3 +174,42 @@ def log_something(text):
 def cached_write_note(text):
     Note.objects.create(text=text)
     return connection.schema_name
+
+
+PROBES_KEY = "tsc-tests:probes"
+
+
+@app.task(bind=True, max_retries=1, soft_time_limit=1)
+def probe(self, token, kind="ok", inner_schema=None):
+    """Record the schema and marker rows this run sees, write a row, then end as ``kind``."""
+    import json
+
+    Note.objects.create(text=f"probe:{token}")
+    visible = sorted(Note.objects.filter(text__startswith="marker:").values_list("text", flat=True))
+    events().rpush(
+        PROBES_KEY,
+        json.dumps({"token": token, "schema": connection.schema_name, "visible": visible}),
+    )
+    if kind == "exc":
+        raise ValueError(token)
+    if kind == "retry" and self.request.retries == 0:
+        raise self.retry(countdown=0)
+    if kind == "reject":
+        raise Reject(token, requeue=False)
+    if kind == "soft":
+        time.sleep(10)
+    if kind == "eager":
+        with schema_context(inner_schema):
+            probe.apply(args=(f"{token}:inner",))
+        events().rpush(
+            PROBES_KEY,
+            json.dumps(
+                {"token": f"{token}:after", "schema": connection.schema_name, "visible": visible}
+            ),
+        )
+    return connection.schema_name
+
+
+@app.task
+def probe_collect(results, token):
+    return probe.run(token)
