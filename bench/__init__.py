@@ -1,0 +1,1 @@
+"""Benchmarks of tenant_schemas_celery (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""Django project and Celery apps used by the benchmarks (never by the test suite)."""

@@ -1,0 +1,62 @@
+"""Create and drop the benchmark database: public migrated, K tenants, one note per schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection, connections
+
+
+def schema_names(count: int) -> list[str]:
+    """Return the schema names of the benchmark's ``count`` tenants."""
+    return [f"bench{index:03d}" for index in range(count)]
+
+
+def _admin_execute(statement: str) -> None:
+    db: dict[str, Any] = settings.DATABASES["default"]
+    admin = psycopg2.connect(
+        dbname="postgres",
+        user=db["USER"],
+        password=db["PASSWORD"],
+        host=db["HOST"],
+        port=db["PORT"],
+    )
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        admin.close()
+
+
+def create_database(tenants: int) -> list[str]:
+    """(Re)create the database with ``tenants`` tenants; return their schema names."""
+    from django_tenants.utils import schema_context
+
+    from tests.project.customers.models import Client
+    from tests.project.notes.models import Note
+
+    name = settings.DATABASES["default"]["NAME"]
+    connections.close_all()
+    _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _admin_execute(f'CREATE DATABASE "{name}"')
+    call_command("migrate_schemas", shared=True, verbosity=0)
+    Note.objects.create(pk=1, text="public")
+    names = schema_names(tenants)
+    for schema_name in names:
+        Client(schema_name=schema_name, name=schema_name.upper()).save(verbosity=0)
+        with schema_context(schema_name):
+            Note.objects.create(pk=1, text=schema_name)
+    connection.set_schema_to_public()
+    connections.close_all()
+    return names
+
+
+def drop_database() -> None:
+    """Drop the benchmark database (closing this process's connections first)."""
+    connections.close_all()
+    name = settings.DATABASES["default"]["NAME"]
+    _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
