@@ -21,6 +21,7 @@ from django.db import connections
 from .conf import public_schema_name, tenant_cache_seconds, tenant_databases
 from .exceptions import TenantActivationMissing, TenantConfigurationError
 from .resolution import lookup_tenant, schema_name_from_request
+from .sentry import tag_events
 from .signals import tenant_activated
 
 #: Attribute of the task request (``task.request``) holding its ``Activation``.
@@ -34,7 +35,7 @@ _State = tuple[Any, bool]  # (tenant, include_public_schema) of a connection
 class Activation:
     """What ``enter`` did for one task execution, for ``leave`` and the body guard."""
 
-    __slots__ = ("deferred", "error", "saved", "schema_name", "tenant")
+    __slots__ = ("deferred", "error", "saved", "schema_name", "sentry_tag", "tenant")
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class Activation:
         self.error = error
         self.saved = saved
         self.deferred = deferred
+        self.sentry_tag: str | None = None
 
 
 def enter(task: Any) -> Activation:
@@ -74,6 +76,7 @@ def enter(task: Any) -> Activation:
             connection.set_schema_to_public()
         schema_name, tenant, error = public, None, error or exc
     activation = Activation(schema_name, tenant, error, saved, deferred)
+    activation.sentry_tag = tag_events(task, schema_name)
     setattr(request, ACTIVATION_ATTR, activation)
     if error is None and tenant_activated.receivers:
         tenant_activated.send(sender=task, task=task, tenant=tenant, schema_name=schema_name)
@@ -91,6 +94,7 @@ def leave(task: Any) -> None:
     else:
         for connection, state in reversed(activation.saved):
             _put(connection, *state)
+    tag_events(task, activation.sentry_tag)
 
 
 def restore_deferred() -> None:

@@ -213,3 +213,10 @@ def probe(self, token, kind="ok", inner_schema=None):
 @app.task
 def probe_collect(results, token):
     return probe.run(token)
+
+
+@app.task
+def capture_sentry_message(text):
+    import sentry_sdk
+
+    sentry_sdk.capture_message(text)

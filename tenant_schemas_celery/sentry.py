@@ -1,0 +1,38 @@
+"""Sentry: tag the events of a task with its tenant's schema, when sentry_sdk is set up.
+
+On by default when ``sentry_sdk`` is installed and initialised; set the Celery setting
+``task_tenant_sentry_tag = False`` (``CELERY_TASK_TENANT_SENTRY_TAG``) to turn it off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .conf import app_setting
+
+try:
+    import sentry_sdk
+except ImportError:  # pragma: no cover - sentry_sdk is optional
+    sentry_sdk = None  # type: ignore[assignment]
+
+#: The tag set on Sentry events of a task.
+SENTRY_TAG = "tenant.schema_name"
+
+
+def tag_events(task: Any, schema_name: str | None) -> str | None:
+    """Tag the Sentry scope with ``schema_name`` (None removes the tag); return the old value.
+
+    Does nothing (and returns None) unless sentry_sdk is initialised and the
+    ``task_tenant_sentry_tag`` setting is not False.
+    """
+    if sentry_sdk is None or not sentry_sdk.is_initialized():
+        return None
+    if app_setting(task._get_app(), "task_tenant_sentry_tag") is False:
+        return None
+    scope = sentry_sdk.get_isolation_scope()
+    previous: str | None = getattr(scope, "_tags", {}).get(SENTRY_TAG)
+    if schema_name is None:
+        scope.remove_tag(SENTRY_TAG)
+    else:
+        scope.set_tag(SENTRY_TAG, schema_name)
+    return previous
