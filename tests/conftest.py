@@ -6,7 +6,9 @@ import os
 import uuid
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.project.settings")
-os.environ.setdefault("TSC_QUEUE", f"tsc-tests-{uuid.uuid4().hex[:8]}")
+_RUN = uuid.uuid4().hex[:8]  # concurrent runs get their own database, queue and Redis keys
+os.environ.setdefault("TSC_QUEUE", f"tsc-tests-{_RUN}")
+os.environ.setdefault("TSC_PG_DB", f"tsc_test_{_RUN}")
 
 import django
 import psycopg2
@@ -15,16 +17,16 @@ from django.conf import settings
 
 django.setup()
 
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, connections  # noqa: E402
-from django_tenants.utils import schema_context  # noqa: E402
+from django.core.management import call_command
+from django.db import connection, connections
+from django_tenants.utils import schema_context
 
-from tenant_schemas_celery.cache import tenant_cache  # noqa: E402
-from tests.project.celery import app  # noqa: E402
-from tests.project.customers.models import Client, Domain  # noqa: E402
-from tests.project.notes.models import Note  # noqa: E402
-from tests.project.notes.tasks import EVENTS_KEY, events  # noqa: E402
-from tests.workers import worker  # noqa: E402
+from tenant_schemas_celery.cache import tenant_cache
+from tests.project.celery import app
+from tests.project.customers.models import Client, Domain
+from tests.project.notes.models import Note
+from tests.project.notes.tasks import EVENTS_KEY, events
+from tests.workers import worker
 
 TENANTS = ("tenant1", "tenant2")
 BROKERS = {
@@ -33,7 +35,7 @@ BROKERS = {
 }
 
 
-def _recreate_database() -> None:
+def _admin_sql(*statements: str) -> None:
     db = settings.DATABASES["default"]
     admin = psycopg2.connect(
         dbname="postgres", user=db["USER"], password=db["PASSWORD"], host=db["HOST"],
@@ -41,9 +43,17 @@ def _recreate_database() -> None:
     )  # fmt: skip
     admin.autocommit = True
     with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{db["NAME"]}"')
+        for statement in statements:
+            cursor.execute(statement.format(name=db["NAME"]))
     admin.close()
+
+
+def _recreate_database() -> None:
+    _admin_sql('DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', 'CREATE DATABASE "{name}"')
+
+
+def _drop_database() -> None:
+    _admin_sql('DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def create_tenant(schema_name: str) -> Client:
@@ -63,6 +73,7 @@ def database():
         create_tenant(schema_name)
     yield
     connections.close_all()
+    _drop_database()
 
 
 @pytest.fixture

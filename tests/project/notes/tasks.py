@@ -1,5 +1,6 @@
 """Tasks of the test project: each reports the schema and rows it saw."""
 
+import os
 import time
 
 import redis
@@ -15,7 +16,7 @@ from tests.project.celery import app
 
 from .models import Note
 
-EVENTS_KEY = "tsc-tests:events"
+EVENTS_KEY = f"tsc-tests:events:{os.environ.get('TSC_QUEUE', '')}"
 
 
 def events() -> redis.Redis:
@@ -176,7 +177,7 @@ def cached_write_note(text):
     return connection.schema_name
 
 
-PROBES_KEY = "tsc-tests:probes"
+PROBES_KEY = f"tsc-tests:probes:{os.environ.get('TSC_QUEUE', '')}"
 
 
 @app.task(bind=True, max_retries=1, soft_time_limit=1)

@@ -1,0 +1,39 @@
+"""Version matrix: ``nox`` runs the test suite against each supported combination.
+
+    nox                        # every session
+    nox -s "tests(newest)"     # one combination
+    nox -l                     # list them
+
+Each session needs the services the tests use (see README, "Running the tests").
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+
+#: name -> (python, pins): the oldest and the newest supported of each dependency.
+MATRIX = {
+    "oldest": (
+        "3.9",
+        ["celery[redis]==5.4.0", "Django==4.2.*", "django-tenants==3.7.0",
+         "django-celery-beat==2.6.0"],
+    ),
+    "django42-newest-celery": (
+        "3.12",
+        ["celery[redis]<6", "Django==4.2.*", "django-tenants<4", "django-celery-beat"],
+    ),
+    "newest": (
+        "3.13",
+        ["celery[redis]<6", "Django==5.2.*", "django-tenants>=4,<5", "django-celery-beat"],
+    ),
+}  # fmt: skip
+
+
+@nox.session
+@nox.parametrize(("python", "pins"), [MATRIX[name] for name in MATRIX], ids=list(MATRIX))
+def tests(session: nox.Session, pins: list[str]) -> None:
+    """Run the test suite with one combination of Python, Celery, Django and django-tenants."""
+    session.install("-e", ".[test]", *pins)
+    session.run("python", "-m", "pytest", *session.posargs)
