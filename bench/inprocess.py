@@ -185,8 +185,12 @@ class InProcessWorker:
             def query(number: int) -> int:
                 return query_note()
 
+        if args.tenant_databases:
+            aliases = tuple(args.tenant_databases.split(","))
+            self.tenant_app.conf.task_tenant_databases = aliases
         # What a worker does at start-up: the Django worker fixup, then the pool.
-        DjangoWorkerFixup(self.tenant_app).install()
+        # Its receivers are weak references: keep the fixup alive, as DjangoFixup does.
+        self.django_worker_fixup = DjangoWorkerFixup(self.tenant_app).install()
         self.pool = TaskPool()
         self.library_switches = [
             ReceiverSwitch(task_prerun, LIBRARY_RECEIVERS[0]),
@@ -344,7 +348,7 @@ def print_table(variants: list[Variant], args: argparse.Namespace) -> bool:
         f"In-process worker path (memory transport, Strategy/Request, solo pool, fast_trace_task, "
         f"Django fixup), {args.tenants} tenants, {args.rounds} rounds x {args.block} tasks per "
         f"variant ({args.warmup} warm-up rounds dropped), TENANT_LIMIT_SET_CALLS="
-        f"{args.limit_set_calls}"
+        f"{args.limit_set_calls}, task_tenant_databases={args.tenant_databases or 'unset'}"
     )
     header = (
         f"{'variant':<12} {'CPU us/task':>11} {'over plain':>11} {'IQR':>15} {'wall us/task':>12} "
@@ -383,7 +387,7 @@ def profile(worker: InProcessWorker, variant: Variant, blocks: int) -> None:
     """Print a cProfile of ``blocks`` blocks of one variant, library functions first."""
     for _ in range(3):
         worker.block(variant)
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)
     for _ in range(blocks):
         worker.block(variant, profiler)
     tasks = blocks * worker.args.block
@@ -405,6 +409,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-seconds", type=float, default=60, help="cache TTL (60)")
     parser.add_argument(
         "--limit-set-calls", action="store_true", help="set TENANT_LIMIT_SET_CALLS = True"
+    )
+    parser.add_argument(
+        "--tenant-databases",
+        metavar="ALIASES",
+        help="set the task_tenant_databases setting (comma-separated), e.g. 'default'",
     )
     parser.add_argument("--database", default="tsc_bench_inprocess", help="database to create")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")

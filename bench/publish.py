@@ -1,0 +1,194 @@
+"""Publish side: what header capture adds to ``apply_async``, plain Celery vs the library.
+
+Run (Redis on 127.0.0.1:6379; no database is needed)::
+
+    .venv/bin/python bench/publish.py --block 500 --rounds 30
+
+Three senders live in this process, all configured from the benchmark's Django
+settings: a plain ``celery.Celery`` app (the floor); a ``CeleryApp`` (its task is
+a ``TenantTask``: ``apply_async`` puts the active schema in the ``_schema_name``
+header); and a plain ``celery.Celery`` app whose task is declared with
+``base=TenantTask`` (the same capture without ``CeleryApp``, which tells the cost
+of the app class apart from the cost of the capture). The connection of
+django-tenants is switched to a tenant schema (without a query), as in a web
+request of a tenant, and each task is sent with ``task.apply_async((number,))``
+in blocks of ``--block`` calls, the senders alternating (the order rotates every
+round; the first ``--warmup`` rounds are dropped). This is done over kombu's
+in-memory transport (``memory://``) and over Redis (database 10); queues are
+purged between blocks, outside the timing. The script first checks that the
+tenant-aware senders do put the header in the message and the plain one does not.
+
+Printed per transport: the median CPU (``time.process_time``) and wall
+(``time.perf_counter``) µs per call of each sender, and the overhead of each
+tenant-aware sender: the median over rounds of (its block / the plain block of
+the same round) - 1, in %, with its interquartile range. Target: under 3 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGET_PERCENT = 3.0
+QUEUE = "bench-publish"
+
+
+@dataclass
+class Sender:
+    """One app's task and the per-call costs of its blocks."""
+
+    name: str
+    app: Any
+    task: Any
+    cpu: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+
+
+def make_senders(broker_url: str) -> list[Sender]:
+    """Return the senders (plain first), all publishing to ``broker_url``."""
+    from celery import Celery
+
+    from tenant_schemas_celery.app import CeleryApp
+    from tenant_schemas_celery.task import TenantTask
+
+    senders = []
+    for name, app, base in (
+        ("plain Celery", Celery("publish_plain", set_as_current=False), None),
+        ("CeleryApp", CeleryApp("publish_tenant", set_as_current=False), None),
+        ("TenantTask", Celery("publish_base", set_as_current=False), TenantTask),
+    ):
+        app.config_from_object("django.conf:settings", namespace="CELERY")
+        app.conf.broker_url = broker_url
+        app.conf.task_default_queue = QUEUE
+        options = {} if base is None else {"base": base}
+
+        @app.task(name="bench.query", shared=False, **options)
+        def query(number: int) -> int:
+            return number
+
+        senders.append(Sender(name, app, app.tasks["bench.query"]))
+    return senders
+
+
+def purge(sender: Sender) -> None:
+    with sender.app.connection_for_write() as connection:
+        connection.default_channel.queue_purge(QUEUE)
+
+
+def block(sender: Sender, count: int) -> tuple[float, float]:
+    """Send ``count`` tasks; return (CPU s, wall s) per call."""
+    apply_async = sender.task.apply_async
+    wall = time.perf_counter()
+    cpu = time.process_time()
+    for number in range(count):
+        apply_async((number,))
+    cpu = time.process_time() - cpu
+    wall = time.perf_counter() - wall
+    return cpu / count, wall / count
+
+
+def check_header(senders: list[Sender], schema_name: str) -> None:
+    """Make sure the tenant-aware sender really captures the schema (and plain does not)."""
+    with senders[1].app.connection_for_write() as connection:
+        for sender in senders:
+            purge(sender)
+            sender.task.apply_async((0,))
+            message = connection.default_channel.basic_get(QUEUE, no_ack=True)
+            header = message.headers.get("_schema_name") if message else None
+            expected = None if sender.name == "plain Celery" else schema_name
+            if header != expected:
+                raise RuntimeError(f"{sender.name} sent _schema_name={header!r}, not {expected!r}")
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+def run_transport(label: str, broker_url: str, args: argparse.Namespace, schema: str) -> bool:
+    senders = make_senders(broker_url)
+    check_header(senders, schema)
+    for round_number in range(args.warmup + args.rounds):
+        shift = round_number % len(senders)
+        order = senders[shift:] + senders[:shift]
+        for sender in order:
+            purge(sender)
+            cpu, wall = block(sender, args.block)
+            if round_number >= args.warmup:
+                sender.cpu.append(cpu)
+                sender.wall.append(wall)
+        purge(senders[0])
+    plain = senders[0]
+    print(f"\n{label}: {args.rounds} rounds x {args.block} apply_async calls per variant")
+    header = f"{'variant':<14} {'CPU us/call':>12} {'wall us/call':>13}"
+    print(header)
+    print("-" * len(header))
+    for sender in senders:
+        print(
+            f"{sender.name:<14} {statistics.median(sender.cpu) * 1e6:>12.1f} "
+            f"{statistics.median(sender.wall) * 1e6:>13.1f}"
+        )
+    met = True
+    for tenant in senders[1:]:
+        for kind in ("cpu", "wall"):
+            ratios = [
+                (t / p - 1) * 100 for t, p in zip(getattr(tenant, kind), getattr(plain, kind))
+            ]
+            overhead = statistics.median(ratios)
+            low, high = quartiles(ratios)
+            ok = overhead < TARGET_PERCENT
+            met = met and ok
+            print(
+                f"{tenant.name} over plain ({kind:>4}): {overhead:+6.2f} % "
+                f"(IQR {low:+.2f} .. {high:+.2f} %), target < {TARGET_PERCENT:g} %: "
+                f"{'met' if ok else 'MISSED'}"
+            )
+    return met
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--block", type=int, default=500, help="calls per block (500)")
+    parser.add_argument("--rounds", type=int, default=30, help="measured rounds (30)")
+    parser.add_argument("--warmup", type=int, default=3, help="rounds dropped first (3)")
+    parser.add_argument(
+        "--transports", default="memory,redis", help="comma-separated: memory, redis"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.project.settings"
+
+    import django
+
+    django.setup()
+
+    from django.conf import settings
+    from django.db import connection
+
+    schema = "bench000"
+    connection.set_schema(schema)  # as django-tenants' middleware would; no query is made
+    urls = {"memory": "memory://", "redis": settings.CELERY_BROKER_URL}
+    met = True
+    for name in args.transports.split(","):
+        met = run_transport(f"{name} transport ({urls[name]})", urls[name], args, schema) and met
+    print("\ntarget: met" if met else "\ntarget: MISSED")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
