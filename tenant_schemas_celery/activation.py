@@ -14,6 +14,7 @@ Any task, tenant-aware or not, first restores what the previous one left.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from django.db import connections
@@ -21,15 +22,22 @@ from django.db import connections
 from .conf import public_schema_name, tenant_cache_seconds, tenant_databases
 from .exceptions import TenantActivationMissing, TenantConfigurationError
 from .resolution import lookup_tenant, schema_name_from_request
-from .sentry import tag_events
+from .sentry import NOT_TAGGED, tag_events
 from .signals import tenant_activated
 
 #: Attribute of the task request (``task.request``) holding its ``Activation``.
 ACTIVATION_ATTR = "_tenant_schemas_celery_activation"
-#: Attribute of a connection holding the state a worker task left to restore.
-DEFERRED_RESTORE_ATTR = "_tenant_schemas_celery_deferred_restore"
 
 _State = tuple[Any, bool]  # (tenant, include_public_schema) of a connection
+
+
+class _Deferred(threading.local):
+    """Per thread (like Django's connections): what the last worker task left to restore."""
+
+    saved: list[tuple[Any, _State]] = []
+
+
+_deferred = _Deferred()
 
 
 class Activation:
@@ -70,7 +78,7 @@ def enter(task: Any) -> Activation:
     saved = _saved_states(targets, deferred)
     try:
         for connection in targets:
-            _switch(connection, tenant)
+            _switch(connection, tenant, public)
     except Exception as exc:
         for connection in targets:
             connection.set_schema_to_public()
@@ -89,12 +97,12 @@ def leave(task: Any) -> None:
     if type(activation) is not Activation:
         return
     if activation.deferred:
-        for connection, state in activation.saved:
-            connection.__dict__[DEFERRED_RESTORE_ATTR] = state
+        _deferred.saved = activation.saved
     else:
         for connection, state in reversed(activation.saved):
             _put(connection, *state)
-    tag_events(task, activation.sentry_tag)
+    if activation.sentry_tag is not NOT_TAGGED:
+        tag_events(task, activation.sentry_tag)
 
 
 def restore_deferred() -> None:
@@ -134,15 +142,13 @@ def _tenant_connection(alias: str) -> Any:
 def _saved_states(targets: list[Any], deferred: bool) -> list[tuple[Any, _State]]:
     """Return the targets' states to restore; in a worker, first settle deferred restores."""
     carried: dict[int, _State] = {}
-    if deferred:
-        for connection in connections.all(initialized_only=True):
-            state = connection.__dict__.pop(DEFERRED_RESTORE_ATTR, None)
-            if state is None:
-                continue
+    if deferred and _deferred.saved:
+        for connection, state in _deferred.saved:
             if connection in targets:
                 carried[id(connection)] = state
             else:
                 _put(connection, *state)
+        _deferred.saved = []
     return [
         (connection, carried.get(id(connection)) or _state(connection)) for connection in targets
     ]
@@ -152,10 +158,10 @@ def _state(connection: Any) -> _State:
     return connection.tenant, connection.include_public_schema
 
 
-def _switch(connection: Any, tenant: Any) -> None:
+def _switch(connection: Any, tenant: Any, public: str) -> None:
     if tenant is not None:
         _put(connection, tenant, True)
-    elif connection.schema_name != public_schema_name():
+    elif connection.schema_name != public:
         connection.set_schema_to_public()
 
 

@@ -17,18 +17,20 @@ except ImportError:  # pragma: no cover - sentry_sdk is optional
 
 #: The tag set on Sentry events of a task.
 SENTRY_TAG = "tenant.schema_name"
+#: Returned by ``tag_events`` when it did not tag (Sentry off): nothing to restore.
+NOT_TAGGED = "<not tagged>"
 
 
 def tag_events(task: Any, schema_name: str | None) -> str | None:
     """Tag the Sentry scope with ``schema_name`` (None removes the tag); return the old value.
 
-    Does nothing (and returns None) unless sentry_sdk is initialised and the
-    ``task_tenant_sentry_tag`` setting is not False.
+    Does nothing, and returns ``NOT_TAGGED``, unless sentry_sdk is initialised and
+    the ``task_tenant_sentry_tag`` setting is not False.
     """
     if sentry_sdk is None or not sentry_sdk.is_initialized():
-        return None
+        return NOT_TAGGED
     if app_setting(task._get_app(), "task_tenant_sentry_tag") is False:
-        return None
+        return NOT_TAGGED
     scope = sentry_sdk.get_isolation_scope()
     previous: str | None = getattr(scope, "_tags", {}).get(SENTRY_TAG)
     if schema_name is None:
