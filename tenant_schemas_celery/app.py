@@ -28,6 +28,8 @@ class CeleryApp(Celery):
     registry_cls = "tenant_schemas_celery.registry:TenantTaskRegistry"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Passed explicitly so that Celery's Django fix-up (before Celery 5.5) keeps it.
+        kwargs.setdefault("task_cls", type(self).task_cls)
         super().__init__(*args, **kwargs)
         self.add_defaults({"worker_task_log_format": DEFAULT_TASK_LOG_FORMAT})
 
