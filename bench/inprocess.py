@@ -4,6 +4,8 @@ Run (PostgreSQL on 127.0.0.1:5432 as ``postgres``)::
 
     .venv/bin/python bench/inprocess.py --tenants 50 --block 200 --rounds 40
     .venv/bin/python bench/inprocess.py --profile c     # cProfile of variant c's blocks
+    .venv/bin/python bench/inprocess.py --profile d --profiler none --rounds 400 &
+    py-spy record --pid $! --rate 1000 --format raw -o stacks.txt   # sampled instead
 
 Real messages go through Celery's own worker path, in this process: they are
 published to kombu's in-memory transport (``memory://``), received by a
@@ -61,6 +63,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.project.revision import library_revision  # noqa: E402
 
 #: Budgets, in CPU µs per task over the plain floor.
 BUDGETS = {"cache on": 60.0, "same tenant": 40.0, "cache off": 450.0}
@@ -344,6 +348,7 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 def print_table(variants: list[Variant], args: argparse.Namespace) -> bool:
     plain = variants[0]
     print()
+    print(library_revision())
     print(
         f"In-process worker path (memory transport, Strategy/Request, solo pool, fast_trace_task, "
         f"Django fixup), {args.tenants} tenants, {args.rounds} rounds x {args.block} tasks per "
@@ -383,10 +388,18 @@ def print_table(variants: list[Variant], args: argparse.Namespace) -> bool:
     return all_met
 
 
-def profile(worker: InProcessWorker, variant: Variant, blocks: int) -> None:
-    """Print a cProfile of ``blocks`` blocks of one variant, library functions first."""
+def profile(worker: InProcessWorker, variant: Variant, blocks: int, use_cprofile: bool) -> None:
+    """Run ``blocks`` blocks of one variant alone; print a CPU-time cProfile of them.
+
+    Without cProfile, only the CPU µs per task are printed: for a sampling
+    profiler attached from outside (``py-spy record --pid``).
+    """
     for _ in range(3):
         worker.block(variant)
+    if not use_cprofile:
+        costs = [worker.block(variant)[0] / worker.args.block for _ in range(blocks)]
+        print(f"{variant.name}: {statistics.median(costs) * 1e6:.1f} CPU us/task (median)")
+        return
     profiler = cProfile.Profile(time.process_time)
     for _ in range(blocks):
         worker.block(variant, profiler)
@@ -422,6 +435,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("plain", "cache off", "cache on", "same tenant", "a", "b", "c", "d"),
         help="instead of measuring, cProfile this variant (a-d = plain, cache off, on, same)",
     )
+    parser.add_argument(
+        "--profiler",
+        choices=("cprofile", "none"),
+        default="cprofile",
+        help="with --profile: 'none' just runs the variant (for py-spy record --pid)",
+    )
     return parser.parse_args(argv)
 
 
@@ -446,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             names = {"a": "plain", "b": "cache off", "c": "cache on", "d": "same tenant"}
             wanted = names.get(args.profile, args.profile)
-            profile(worker, next(v for v in variants if v.name == wanted), args.rounds)
+            chosen = next(v for v in variants if v.name == wanted)
+            profile(worker, chosen, args.rounds, args.profiler == "cprofile")
             return 0
         for round_number in range(args.warmup + args.rounds):
             shift = round_number % len(variants)

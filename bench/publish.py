@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.project.revision import library_revision  # noqa: E402
+
 TARGET_PERCENT = 3.0
 QUEUE = "bench-publish"
 
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     schema = "bench000"
     connection.set_schema(schema)  # as django-tenants' middleware would; no query is made
     urls = {"memory": "memory://", "redis": settings.CELERY_BROKER_URL}
+    print(library_revision())
     met = True
     for name in args.transports.split(","):
         met = run_transport(f"{name} transport ({urls[name]})", urls[name], args, schema) and met

@@ -60,6 +60,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.project.revision import library_revision  # noqa: E402
+
 UNACKED_KEY = "unacked"
 
 
@@ -264,6 +266,7 @@ def print_table(results: list[VariantResults], args: argparse.Namespace) -> None
     db_mode = "closed around every task" if args.close_db else "persistent"
     pool = "solo" if args.pool == "solo" else f"prefork -c {args.concurrency}"
     print()
+    print(library_revision())
     print(
         f"celery worker -P {pool}, Redis broker, {args.tenants} tenants, "
         f"{args.tasks} tasks x {args.rounds} rounds, DB connections {db_mode}, "
