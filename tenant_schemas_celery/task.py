@@ -13,6 +13,7 @@ from celery.contrib.django.task import DjangoTask
 from celery.signals import task_postrun, task_prerun
 
 from . import activation, conf
+from . import inspection as _inspection  # noqa: F401  (registers inspect commands)
 from .cache import SimpleCache, tenant_cache
 from .capture import headers_with_schema
 

@@ -221,3 +221,9 @@ def capture_sentry_message(text):
     import sentry_sdk
 
     sentry_sdk.capture_message(text)
+
+
+@app.task
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return connection.schema_name
