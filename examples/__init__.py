@@ -1,0 +1,1 @@
+"""Example projects using tenant_schemas_celery."""
