@@ -1,0 +1,87 @@
+"""SQL helpers of the beat schedulers: identifier quoting, array literals, catalog lookups.
+
+Schema names never reach SQL text unquoted: they are either parameters (array
+literals included) or identifiers quoted by ``quote_ident``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from django.db import DatabaseError, InterfaceError, connections
+
+_T = TypeVar("_T")
+
+
+def quote_ident(name: str) -> str:
+    """Return ``name`` quoted as a PostgreSQL identifier (embedded quotes doubled).
+
+    Raises:
+        ValueError: ``name`` is empty or holds a NUL character.
+
+    Example:
+        >>> print(quote_ident("Tenant 1"))
+        "Tenant 1"
+    """
+    if not name or "\x00" in name:
+        raise ValueError(f"not a usable SQL identifier: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def pg_array(values: Iterable[object]) -> str:
+    """Return a PostgreSQL array literal of ``values``, to pass as one parameter.
+
+    PostgreSQL parses such a literal much faster than the ``ARRAY[...]``
+    expression drivers build from a list (tens of milliseconds for 10,000 items).
+
+    Example:
+        >>> print(pg_array(["a", "b c", 1]))
+        {"a","b c","1"}
+    """
+    items = (str(value).replace("\\", "\\\\").replace('"', '\\"') for value in values)
+    return "{" + ",".join(f'"{item}"' for item in items) + "}"
+
+
+def batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """Yield consecutive slices of ``items`` of at most ``size`` items."""
+    size = max(1, size)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def queryset_sql(
+    queryset: Any, field: str, using: str | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """Return the SQL and parameters selecting ``field`` of ``queryset``, for a subquery."""
+    query = queryset.values_list(field, flat=True).query
+    sql, params = query.get_compiler(using or queryset.db).as_sql()
+    return sql, tuple(params)
+
+
+def tenant_schemas_existing(queryset: Any) -> list[tuple[str, bool]]:
+    """Return ``(schema_name, schema exists)`` for each tenant of ``queryset``, in one statement."""
+    sql, params = queryset_sql(queryset, "schema_name")
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(
+            "SELECT q.name, EXISTS (SELECT FROM pg_catalog.pg_namespace n "
+            f"WHERE n.nspname = q.name) FROM ({sql}) AS q(name)",
+            params,
+        )
+        rows: list[tuple[str, bool]] = cursor.fetchall()
+    return rows
+
+
+@contextmanager
+def closing_on_error(using: str) -> Iterator[None]:
+    """Close connection ``using`` when the block raises a database error, then re-raise.
+
+    Beat keeps its connection open between checks (its catalog caches stay warm);
+    a connection that failed is dropped, and the next query opens a new one.
+    """
+    try:
+        yield
+    except (DatabaseError, InterfaceError):
+        connections[using].close()
+        raise

@@ -1,0 +1,278 @@
+"""One schedule entry, sent once per target schema: targets, readiness, spread, one producer.
+
+Shared by every scheduler of the package. Beat only has to *send* a message whose
+``_schema_name`` header names the schema; the worker side runs it there.
+
+* Targets: an entry lists its schemas (``tenant_schemas``, ``"public"`` allowed
+  without a tenant row), or goes to every tenant of the scheduler's
+  ``get_queryset()``, the public schema excluded.
+* Readiness: tenants whose schema does not exist in PostgreSQL yet are skipped
+  (and logged once), found with one query for all of them.
+* Spread: ``tenant_spread_seconds`` gives each schema a stable countdown offset.
+* Sending: every message goes through one producer (one broker connection), and
+  no database query is made per tenant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from celery.beat import BeatLazyFunc
+from celery.utils.log import get_logger
+
+from ._sql import closing_on_error, tenant_schemas_existing
+from .capture import SCHEMA_HEADER
+from .conf import public_schema_name
+from .exceptions import InvalidSchemaName, TenantConfigurationError
+from .resolution import validate_schema_name
+
+#: Celery's beat logger: our lines read in line with Celery's own.
+logger = get_logger("celery.beat")
+
+#: Suffix (after ``@``) of the name of an entry that is sent to every tenant.
+ALL_TENANTS = "__all_tenants_only__"
+#: Header of a stored entry (a django-celery-beat row) that sends it to every tenant.
+ALL_TENANTS_HEADER = "_all_tenants_only"
+#: Header of a stored entry holding its ``tenant_spread_seconds``.
+SPREAD_HEADER = "_tenant_spread_seconds"
+#: Headers that instruct beat and are never sent to a worker.
+BEAT_ONLY_HEADERS = frozenset({ALL_TENANTS_HEADER, SPREAD_HEADER})
+#: Header Celery's scheduler adds to every message it sends.
+BEAT_TASK_HEADER = "celery_beat_task"
+
+_HASH_RANGE = float(2**64)
+
+
+class FanoutEntry(Protocol):
+    """What ``send_to_schemas`` needs of a schedule entry."""
+
+    name: str
+    task: str
+    args: Any
+    kwargs: Any
+    options: dict[str, Any]
+    tenant_spread_seconds: float
+
+
+def spread_offset(schema_name: str, window: float) -> float:
+    """Return the stable offset of ``schema_name`` within ``window`` seconds, in ``[0, window)``.
+
+    The offset comes from a BLAKE2 hash of the name, so it is the same in every
+    process and at every run (unlike ``hash()``, which is salted per process).
+
+    Example:
+        >>> spread_offset("tenant1", 300) == spread_offset("tenant1", 300)
+        True
+        >>> spread_offset("tenant1", 0)
+        0.0
+    """
+    if window <= 0:
+        return 0.0
+    digest = hashlib.blake2b(schema_name.encode("utf-8"), digest_size=8).digest()
+    return window * (int.from_bytes(digest, "big") / _HASH_RANGE)
+
+
+def validate_spread(value: object) -> float:
+    """Return ``value`` as a number of seconds >= 0 (None means 0).
+
+    Raises:
+        TenantConfigurationError: ``value`` is not a number >= 0.
+    """
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise TenantConfigurationError(
+            f"tenant_spread_seconds must be a number of seconds >= 0, got {value!r}."
+        )
+    return float(value)
+
+
+def validate_schema_list(value: object) -> tuple[str, ...]:
+    """Return ``tenant_schemas`` as a tuple of valid schema names (a string is one name).
+
+    Raises:
+        InvalidSchemaName: an item is not a usable schema name.
+        TenantConfigurationError: ``value`` is not a list of names.
+    """
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise TenantConfigurationError(
+            f"tenant_schemas must be a list of schema names, got {value!r}."
+        )
+    return tuple(dict.fromkeys(validate_schema_name(item) for item in value))
+
+
+def valid_schema_names(names: Iterable[str], rejected: OnceLog | None = None) -> list[str]:
+    """Return the ``names`` that are usable schema names; report the others to ``rejected``."""
+    valid, invalid = [], []
+    for name in names:
+        try:
+            valid.append(validate_schema_name(name))
+        except InvalidSchemaName:
+            invalid.append(name)
+    if rejected is not None:
+        rejected.update(invalid)
+    return valid
+
+
+def tenant_schema_names(queryset: Any, rejected: OnceLog | None = None) -> list[str]:
+    """Return the valid schema names of the tenants of ``queryset``, public excluded."""
+    public = public_schema_name()
+    names = queryset.values_list("schema_name", flat=True)
+    return valid_schema_names((name for name in names if name != public), rejected)
+
+
+def invalid_names_log() -> OnceLog:
+    """Return a ``OnceLog`` for tenants whose schema name is unusable."""
+    return OnceLog("beat: Ignoring tenant schema %r: it is not a usable schema name.")
+
+
+class OnceLog:
+    """Log a warning the first time a schema is skipped, and again only after it recovered."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.reported: set[str] = set()
+
+    def update(self, skipped: Iterable[str], checked: Iterable[str] = ()) -> None:
+        """Report the ``skipped`` schemas not reported yet; forget the ``checked`` that were not."""
+        skipped = set(skipped)
+        self.reported -= set(checked) - skipped
+        for schema_name in sorted(skipped - self.reported):
+            logger.warning(self.message, schema_name)
+        self.reported |= skipped
+
+
+class TenantTargets:
+    """The schemas entries are sent to, read at most once per burst of due entries.
+
+    Parameters:
+        get_queryset(Callable): returns the queryset of tenants beat may send to
+            (the scheduler's ``get_queryset``).
+
+    Call ``forget()`` when the beat loop goes to sleep: the next ``resolve()``
+    reads the tenants again, so tenants created or deleted since are picked up.
+    """
+
+    def __init__(self, get_queryset: Callable[[], Any]) -> None:
+        self.get_queryset = get_queryset
+        self._ready: list[str] | None = None
+        self._tenants: frozenset[str] = frozenset()
+        self._invalid = invalid_names_log()
+        self._not_ready = OnceLog(
+            "beat: skipping tenant schema %r: it does not exist in the database yet "
+            "(tenant still being created?)."
+        )
+        self._not_tenant = OnceLog(
+            "beat: skipping schema %r: it is neither the public schema nor a tenant "
+            "of the scheduler's get_queryset()."
+        )
+
+    def ready_tenants(self) -> list[str]:
+        """Return the schema names of the tenants whose schema exists (public excluded)."""
+        if self._ready is None:
+            queryset = self.get_queryset()
+            with closing_on_error(queryset.db):
+                rows = tenant_schemas_existing(queryset)
+            public = public_schema_name()
+            names = valid_schema_names((name for name, _ in rows if name != public), self._invalid)
+            existing = {name for name, exists in rows if exists}
+            self._not_ready.update([name for name in names if name not in existing], names)
+            self._tenants = frozenset(names)
+            self._ready = [name for name in names if name in existing]
+        return self._ready
+
+    def resolve(self, tenant_schemas: Sequence[str] | None) -> list[str]:
+        """Return the schemas an entry goes to: its ready ``tenant_schemas``, or all tenants."""
+        ready = self.ready_tenants()
+        if tenant_schemas is None:
+            return list(ready)
+        known = set(ready) | {public_schema_name()}
+        self._not_tenant.update(set(tenant_schemas) - known - self._tenants, tenant_schemas)
+        return [name for name in tenant_schemas if name in known]
+
+    def forget(self) -> None:
+        """Drop the tenants read so far; the next ``resolve()`` reads them again."""
+        self._ready = None
+
+
+def send_to_schemas(
+    app: Any, entry: FanoutEntry, schemas: Sequence[str], producer: Any = None
+) -> list[str]:
+    """Send ``entry``'s task once per schema, all over one producer; return the schemas sent.
+
+    Each message carries its schema in the ``_schema_name`` header and, with a
+    ``tenant_spread_seconds`` window, that schema's ``spread_offset`` as extra
+    countdown (numeric ``expires`` move with it). Arguments made with
+    ``BeatLazyFunc`` are evaluated once for the whole run. The first failed send
+    is logged and ends the run: the failure (broker down, arguments that cannot be
+    serialized) would be the same for the remaining schemas.
+    """
+    if not schemas:
+        return []
+    task = app.tasks.get(entry.task)
+    args = [_evaluate(value) for value in entry.args or ()]
+    kwargs = {key: _evaluate(value) for key, value in (entry.kwargs or {}).items()}
+    base = _base_options(entry.options)
+    window = entry.tenant_spread_seconds
+    sent: list[str] = []
+    with app.producer_or_acquire(producer) as shared_producer:
+        for schema_name in schemas:
+            options = _options_for(base, schema_name, spread_offset(schema_name, window))
+            try:
+                if task is not None:
+                    task.apply_async(args, kwargs, producer=shared_producer, **options)
+                else:
+                    app.send_task(entry.task, args, kwargs, producer=shared_producer, **options)
+            except Exception:
+                logger.exception(
+                    "beat: sending %r (%s) to schema %r failed; its %d remaining schema(s) "
+                    "are not sent in this run.",
+                    entry.name,
+                    entry.task,
+                    schema_name,
+                    len(schemas) - len(sent) - 1,
+                )
+                break
+            sent.append(schema_name)
+    return sent
+
+
+def _evaluate(value: Any) -> Any:
+    return value() if isinstance(value, BeatLazyFunc) else value
+
+
+def _base_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    base = dict(options)
+    headers = {
+        key: value
+        for key, value in (options.get("headers") or {}).items()
+        if key not in BEAT_ONLY_HEADERS
+    }
+    headers[BEAT_TASK_HEADER] = True
+    base["headers"] = headers
+    return base
+
+
+def _options_for(base: Mapping[str, Any], schema_name: str, offset: float) -> dict[str, Any]:
+    options = dict(base)
+    options["headers"] = {**base["headers"], SCHEMA_HEADER: schema_name}
+    if offset:
+        _shift(options, offset)
+    return options
+
+
+def _shift(options: dict[str, Any], offset: float) -> None:
+    """Delay the message by ``offset`` seconds, keeping a relative ``expires`` relative."""
+    eta = options.get("eta")
+    if isinstance(eta, datetime) and not options.get("countdown"):
+        options["eta"] = eta + timedelta(seconds=offset)
+    else:
+        options["countdown"] = (options.get("countdown") or 0) + offset
+    expires = options.get("expires")
+    if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+        options["expires"] = expires + offset
