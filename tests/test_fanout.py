@@ -1,0 +1,195 @@
+"""fanout: targets, readiness, spread and sending, with real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from celery.beat import BeatLazyFunc
+
+from tenant_schemas_celery._sql import pg_array, quote_ident
+from tenant_schemas_celery.fanout import (
+    OnceLog,
+    TenantTargets,
+    send_to_schemas,
+    spread_offset,
+    validate_schema_list,
+)
+from tenant_schemas_celery.scheduler import TenantAwareScheduler
+from tests import beat_helpers
+from tests.beat_helpers import TASK, drain, schemas_of, sql_tenants, statements
+from tests.project.celery import app
+
+beat_db = beat_helpers.beat_db
+beat_queue = beat_helpers.beat_queue
+
+
+def fanout_entry(queue: str, **fields: Any) -> Any:
+    values = {
+        "name": "job",
+        "task": TASK,
+        "args": [],
+        "kwargs": {},
+        "options": {"queue": queue},
+        "tenant_spread_seconds": 0.0,
+        **fields,
+    }
+    return SimpleNamespace(**values)
+
+
+# Spread ---------------------------------------------------------------------------------
+
+
+def test_spread_offset_is_within_the_window_and_stable() -> None:
+    offsets = [spread_offset(f"tenant{index}", 300) for index in range(1000)]
+    assert all(0 <= offset < 300 for offset in offsets)
+    assert offsets == [spread_offset(f"tenant{index}", 300) for index in range(1000)]
+    # Spread evenly: each tenth of the window gets about a tenth of the tenants
+    tenths = Counter(int(offset // 30) for offset in offsets)
+    assert set(tenths) == set(range(10))
+    assert all(60 <= count <= 140 for count in tenths.values())
+
+
+def test_spread_offset_is_the_same_in_another_process() -> None:
+    code = "from tenant_schemas_celery import fanout; print(fanout.spread_offset('tenant1', 300))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(other.stdout) == spread_offset("tenant1", 300)
+
+
+def test_no_window_means_no_offset() -> None:
+    assert spread_offset("tenant1", 0) == 0.0
+
+
+# SQL helpers ----------------------------------------------------------------------------
+
+
+def test_identifiers_and_array_literals_are_quoted() -> None:
+    assert quote_ident('we"ird') == '"we""ird"'
+    assert pg_array(["a", 'b"c', "d\\e", 1]) == '{"a","b\\"c","d\\\\e","1"}'
+    with pytest.raises(ValueError):
+        quote_ident("")
+
+
+def test_schema_lists_are_validated() -> None:
+    assert validate_schema_list("public") == ("public",)
+    assert validate_schema_list(["a", "b", "a"]) == ("a", "b")
+
+
+def test_once_log_reports_again_after_recovery(caplog: Any) -> None:
+    log = OnceLog("beat: %r")
+    log.update(["a"], ["a"])
+    log.update(["a"], ["a"])
+    log.update([], ["a"])
+    log.update(["a"], ["a"])
+    assert [record.getMessage() for record in caplog.records] == ["beat: 'a'", "beat: 'a'"]
+
+
+# Targets --------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("beat_db")
+def test_targets_are_every_ready_tenant_or_the_listed_schemas(caplog: Any) -> None:
+    caplog.set_level(logging.WARNING, logger="celery.beat")
+    targets = TenantTargets(TenantAwareScheduler.get_queryset)
+    with sql_tenants("no_schema", schema=False):
+        assert targets.resolve(None) == ["tenant1", "tenant2"]
+        listed = ["public", "tenant2", "no_schema", "unknown"]
+        assert targets.resolve(listed) == ["public", "tenant2"]
+        assert targets.resolve(listed) == ["public", "tenant2"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("beat: skipping tenant schema 'no_schema': it does not exist")
+    assert messages[1].startswith("beat: skipping schema 'unknown': it is neither the public")
+
+
+@pytest.mark.usefixtures("beat_db")
+def test_targets_are_read_once_per_burst_with_one_statement() -> None:
+    targets = TenantTargets(TenantAwareScheduler.get_queryset)
+    with sql_tenants(*(f"many{index:02d}" for index in range(30))):
+        sent = statements(lambda: [targets.resolve(None) for _ in range(3)])
+        assert len(sent) == 1
+        assert "pg_namespace" in sent[0]
+        assert len(targets.resolve(None)) == 32
+        # After forget() (the beat loop went to sleep), tenants are read again
+        targets.forget()
+    assert targets.resolve(None) == ["tenant1", "tenant2"]
+
+
+# Sending --------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("beat_db")
+def test_all_messages_go_through_one_producer_without_queries(beat_queue: str) -> None:
+    schemas = [f"schema{index}" for index in range(25)]
+    with app.producer_or_acquire() as producer:
+        publish = producer.publish
+        calls: list[Any] = []
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return publish(*args, **kwargs)
+
+        producer.publish = counting
+        sent = statements(lambda: send_to_schemas(app, fanout_entry(beat_queue), schemas, producer))
+    assert sent == []
+    assert len(calls) == 25
+    assert schemas_of(drain(beat_queue)) == sorted(schemas)
+
+
+def test_without_a_producer_one_is_acquired_once(beat_queue: str, monkeypatch: Any) -> None:
+    acquired = []
+    original = app.producer_or_acquire
+
+    def spy(producer: Any = None) -> Any:
+        acquired.append(producer)
+        return original(producer)
+
+    monkeypatch.setattr(app, "producer_or_acquire", spy)
+    send_to_schemas(app, fanout_entry(beat_queue), ["a", "b", "c"])
+    # One acquisition; each send then reuses that producer
+    assert acquired[0] is None
+    assert len(acquired) == 4 and len({id(producer) for producer in acquired[1:]}) == 1
+    assert schemas_of(drain(beat_queue)) == ["a", "b", "c"]
+
+
+def test_headers_args_and_spread_of_each_message(beat_queue: str) -> None:
+    calls = []
+
+    def now() -> int:
+        calls.append(1)
+        return len(calls)
+
+    entry = fanout_entry(
+        beat_queue,
+        args=[BeatLazyFunc(now)],
+        kwargs={"k": "v"},
+        options={
+            "queue": beat_queue,
+            "expires": 600,
+            "headers": {"mine": 1, "_all_tenants_only": True, "_tenant_spread_seconds": 9},
+        },
+        tenant_spread_seconds=120,
+    )
+    send_to_schemas(app, entry, ["tenant1", "tenant2"])
+    messages = drain(beat_queue)
+    assert calls == [1]  # a lazy argument is evaluated once per run, not per tenant
+    for message in messages:
+        assert message["args"] == [1]
+        assert message["kwargs"] == {"k": "v"}
+        assert message["mine"] == 1
+        assert message["celery_beat_task"] is True
+        assert "_all_tenants_only" not in message and "_tenant_spread_seconds" not in message
+        assert message["eta"] is not None and message["expires"] is not None
+    assert schemas_of(messages) == ["tenant1", "tenant2"]
+
+
+def test_first_failed_send_ends_the_run(beat_queue: str, caplog: Any) -> None:
+    entry = fanout_entry(beat_queue, kwargs={"unserializable": object()})
+    assert send_to_schemas(app, entry, ["a", "b", "c"]) == []
+    assert drain(beat_queue) == []
+    assert "its 2 remaining schema(s) are not sent" in caplog.text
