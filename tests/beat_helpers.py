@@ -71,7 +71,8 @@ def schemas_of(messages: list[dict[str, Any]]) -> list[str]:
 def make_due(scheduler: Any) -> None:
     """Make every entry of ``scheduler`` due now (as if it last ran two days ago)."""
     long_ago = timezone.now() - timedelta(days=2)
-    for entry in scheduler.schedule.values():
+    schedule = getattr(scheduler, "_schedule", None) or scheduler.schedule
+    for entry in schedule.values():
         entry.last_run_at = long_ago
         model = getattr(entry, "model", None)
         if model is not None:

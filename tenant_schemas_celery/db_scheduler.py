@@ -1,0 +1,605 @@
+"""``TenantAwareDatabaseScheduler``: django-celery-beat's rows of every schema, in one schedule.
+
+Usage (needs the ``beat`` extra, ``pip install tenant-schemas-celery[beat]``)::
+
+    celery -A proj beat --scheduler=tenant_schemas_celery.db_scheduler.TenantAwareDatabaseScheduler
+
+The enabled ``PeriodicTask`` rows of the public schema and of every ready tenant
+(``get_queryset()``, schema and django-celery-beat tables present) form one
+schedule. A tenant's row is sent in that tenant. A public row is sent in public,
+or to the schema its ``_schema_name`` header names, or, with the header
+``"_all_tenants_only": true``, to every tenant. Bookkeeping (``last_run_at``,
+``total_run_count``, disabling a one-off task) is written to the row's own schema
+with schema-qualified SQL. This is the only module that imports django-celery-beat.
+
+Scale: rows are read with one ``UNION ALL`` statement per ``batch_size`` schemas,
+and only for the schemas that changed. Changes are found without touching the
+schemas' tables: the check compares PostgreSQL's activity counters of each
+schema's ``django_celery_beat_periodictasks`` table (which django-celery-beat
+updates on every change) and of its ``django_celery_beat_periodictask`` table
+(rows inserted or deleted), all in one statement.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from celery import schedules
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    ProgrammingError,
+    connections,
+    router,
+)
+from django.utils import timezone
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    PeriodicTasks,
+    SolarSchedule,
+)
+from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
+from django_celery_beat.utils import NEVER_CHECK_TIMEOUT
+
+from ._sql import batches, closing_on_error, pg_array, queryset_sql, quote_ident
+from .capture import SCHEMA_HEADER, current_schema_name
+from .conf import public_schema_name
+from .fanout import (
+    ALL_TENANTS_HEADER,
+    SPREAD_HEADER,
+    OnceLog,
+    invalid_names_log,
+    logger,
+    valid_schema_names,
+    validate_spread,
+)
+from .resolution import validate_schema_name
+from .scheduler import TenantAwareSchedulerMixin, expand_entry
+
+__all__ = ["TenantAwareDatabaseScheduler", "TenantAwareModelEntry"]
+
+#: Attribute of a ``PeriodicTask`` instance naming the schema it was read from.
+SCHEMA_ATTR = "_tenant_schema_name"
+#: The schedule models, by the ``PeriodicTask`` foreign key that points at them.
+SCHEDULE_MODELS: dict[str, type[Any]] = {
+    "interval": IntervalSchedule,
+    "crontab": CrontabSchedule,
+    "solar": SolarSchedule,
+    "clocked": ClockedSchedule,
+}
+#: The tables a schema needs before its rows are read.
+BEAT_TABLES = tuple(
+    model._meta.db_table for model in (PeriodicTask, PeriodicTasks, *SCHEDULE_MODELS.values())
+)
+
+#: What tells a schema's rows changed: the oids of its change marker and task tables,
+#: and their activity counters.
+_Signature = tuple[int, int, int, int]
+
+
+class TenantAwareModelEntry(ModelEntry):
+    """A ``PeriodicTask`` row of one schema, sent and saved in the right schemas.
+
+    Attributes:
+        schema_name(str): the schema the row was read from; its bookkeeping goes there.
+        tenant_schemas(tuple[str, ...] | None): where it is sent: the row's own schema
+            for a tenant row; for a public row, public, the schema of its
+            ``_schema_name`` header, or every tenant (None) with ``_all_tenants_only``.
+        tenant_spread_seconds(float): the ``_tenant_spread_seconds`` header, or 0.
+    """
+
+    schema_name: str
+    tenant_schemas: tuple[str, ...] | None
+    tenant_spread_seconds: float
+
+    def __init__(self, model: PeriodicTask, app: Any = None) -> None:
+        self.schema_name = schema_of(model)
+        super().__init__(model, app=app)
+        self.tenant_schemas, self.tenant_spread_seconds = row_targets(
+            self.schema_name, self.options["headers"]
+        )
+
+    @classmethod
+    def from_entry(cls, name: str, app: Any = None, **entry: Any) -> TenantAwareModelEntry:
+        """Create or update the public row of a ``beat_schedule`` entry (see ``expand_entry``).
+
+        Its targets are stored as headers, as the PyPI package stores them, so
+        existing rows carry over.
+        """
+        from django_tenants.utils import schema_context
+
+        tenant_schemas = entry.pop("tenant_schemas", None)
+        spread = entry.pop("tenant_spread_seconds", 0.0)
+        options = dict(entry.get("options") or {})
+        options["headers"] = _target_headers(options.get("headers") or {}, tenant_schemas, spread)
+        with schema_context(public_schema_name()):
+            created: TenantAwareModelEntry = super().from_entry(
+                name, app=app, **dict(entry, options=options)
+            )
+        return created
+
+    def is_due(self) -> Any:
+        """Celery's ``is_due``; a one-off task that ran is disabled in its own schema."""
+        model = self.model
+        if model.one_off and model.enabled and model.total_run_count > 0:
+            model.enabled, model.total_run_count, model.last_run_at = False, 0, None
+            self._write({"enabled": False, "total_run_count": 0, "last_run_at": None}, True)
+            return schedules.schedstate(False, NEVER_CHECK_TIMEOUT)
+        return super().is_due()
+
+    def save(self) -> None:
+        """Save ``last_run_at`` and ``total_run_count`` into this row, in its own schema."""
+        model = self.model
+        self._write({"last_run_at": model.last_run_at, "total_run_count": model.total_run_count})
+
+    def _disable(self, model: PeriodicTask) -> None:
+        model.no_changes, model.enabled, model.last_run_at = True, False, None
+        self._write({"enabled": False, "last_run_at": None})
+
+    def _write(self, values: Mapping[str, Any], signal_change: bool = False) -> None:
+        update_row(self.schema_name, self.model.pk, values, signal_change)
+
+
+def schema_of(model: PeriodicTask) -> str:
+    """Return the schema ``model`` was read from (the active schema if not recorded)."""
+    schema_name = getattr(model, SCHEMA_ATTR, None) or current_schema_name() or public_schema_name()
+    setattr(model, SCHEMA_ATTR, schema_name)
+    return schema_name
+
+
+def row_targets(
+    schema_name: str, headers: Mapping[str, Any]
+) -> tuple[tuple[str, ...] | None, float]:
+    """Return ``(tenant_schemas, tenant_spread_seconds)`` of a row of ``schema_name``.
+
+    A tenant's row always stays in its tenant, whatever its headers say.
+
+    Raises:
+        InvalidSchemaName: a public row's ``_schema_name`` header is not a schema name.
+        TenantConfigurationError: the ``_tenant_spread_seconds`` header is malformed.
+    """
+    spread = validate_spread(headers.get(SPREAD_HEADER))
+    public = public_schema_name()
+    if schema_name != public:
+        return (schema_name,), spread
+    if headers.get(ALL_TENANTS_HEADER):
+        return None, spread
+    target = headers.get(SCHEMA_HEADER)
+    return (public if target is None else validate_schema_name(target),), spread
+
+
+def _target_headers(
+    headers: Mapping[str, Any], tenant_schemas: Sequence[str] | None, spread: float
+) -> dict[str, Any]:
+    headers = {
+        key: value
+        for key, value in headers.items()
+        if key not in (ALL_TENANTS_HEADER, SPREAD_HEADER, SCHEMA_HEADER)
+    }
+    if tenant_schemas is None:
+        headers[ALL_TENANTS_HEADER] = True
+    else:
+        (headers[SCHEMA_HEADER],) = tenant_schemas
+    if spread:
+        headers[SPREAD_HEADER] = spread
+    return headers
+
+
+def update_row(
+    schema_name: str, pk: Any, values: Mapping[str, Any], signal_change: bool = False
+) -> None:
+    """Update columns of the ``PeriodicTask`` row ``pk`` of ``schema_name`` (never another schema).
+
+    With ``signal_change``, ``date_changed`` is set too and the schema's
+    ``PeriodicTasks`` change marker is bumped, as django-celery-beat does on a save.
+    """
+    connection = connections[router.db_for_write(PeriodicTask)]
+    now = timezone.now()
+    values = {**values, "date_changed": now} if signal_change else values
+    fields = [PeriodicTask._meta.get_field(name) for name in values]
+    assignments = ", ".join(f"{quote_ident(field.column)} = %s" for field in fields)
+    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    table = f"{quote_ident(schema_name)}.{quote_ident(PeriodicTask._meta.db_table)}"
+    pk_column = quote_ident(PeriodicTask._meta.pk.column)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s", [*params, pk])
+        if signal_change:
+            _mark_changed(cursor, schema_name, now)
+
+
+def _mark_changed(cursor: Any, schema_name: str, now: Any) -> None:
+    table = f"{quote_ident(schema_name)}.{quote_ident(PeriodicTasks._meta.db_table)}"
+    cursor.execute(
+        f"INSERT INTO {table} (ident, last_update) VALUES (1, %s) "
+        "ON CONFLICT (ident) DO UPDATE SET last_update = EXCLUDED.last_update",
+        [now],
+    )
+
+
+@dataclass
+class _SchemaState:
+    """What the scheduler knows of one schema: its change signature and its entries."""
+
+    signature: _Signature
+    entries: dict[str, TenantAwareModelEntry]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two schemas hold a periodic task of the same name; the first one's is scheduled."""
+
+    name: str
+    first_schema: str
+    second_schema: str
+
+    def error(self) -> ValueError:
+        """Return the ``ValueError`` that ``TenantAwareDatabaseScheduler.schedule`` raises."""
+        return ValueError(
+            f"duplicate periodic task name: {self.name!r}. "
+            f"Previously seen in schema: {self.first_schema!r}."
+        )
+
+
+class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler):
+    """django-celery-beat's ``DatabaseScheduler`` over the public and every tenant schema.
+
+    Names must be unique across schemas: reading ``scheduler.schedule`` raises
+    ``ValueError`` on a duplicate, while the beat loop logs the conflict (naming
+    both schemas), schedules the row of the first schema (public, then tenants by
+    name) and keeps going.
+
+    Attributes:
+        batch_size(int): schemas read per statement. Each statement locks one table
+            and its indexes per schema until it ends: mind PostgreSQL's
+            ``max_locks_per_transaction``. Defaults to 100.
+        check_interval(float): least number of seconds between two checks for
+            changes (Celery would check at every tick). Defaults to 5.
+    """
+
+    Entry = TenantAwareModelEntry
+    batch_size = 100
+    check_interval = 5.0
+    _heap_invalidated: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._states: dict[str, _SchemaState] = {}
+        self._pending: tuple[dict[str, _Signature], set[str]] | None = None
+        self._conflicts: list[Conflict] = []
+        self._lenient = 0
+        self._last_check = -float("inf")
+        self._invalid = invalid_names_log()
+        self._no_tables = OnceLog(
+            "beat: Not reading the periodic tasks of schema %r: its django-celery-beat "
+            "tables do not exist (yet)."
+        )
+        super().__init__(*args, **kwargs)
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        """The schedule, reloaded first when rows changed.
+
+        Raises:
+            ValueError: two schemas hold a periodic task of the same name (the beat
+                loop logs it instead).
+        """
+        schedule: dict[str, Any] = super().schedule
+        if self._conflicts and not self._lenient:
+            raise self._conflicts[0].error()
+        return schedule
+
+    def setup_schedule(self) -> None:
+        with self._lenient_conflicts():
+            super().setup_schedule()
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        with self._lenient_conflicts():
+            return super().tick(*args, **kwargs)
+
+    def schedules_equal(self, *args: Any, **kwargs: Any) -> bool:
+        # The schedule only changes through a reload, which invalidates the heap:
+        # comparing every entry at every tick (Celery's way) is O(entries) per tick.
+        if self._heap_invalidated:
+            self._heap_invalidated = False
+            return False
+        return True
+
+    def reserve(self, entry: Any) -> Any:
+        """Advance ``entry`` to its next run, and keep that new entry in the schedule.
+
+        django-celery-beat re-reads every row on a change, so its schedule may keep
+        the old entry; here unchanged schemas keep their entries across reloads,
+        and a heap rebuilt from a stale entry would send it again.
+        """
+        new_entry = super().reserve(entry)
+        state = self._states.get(new_entry.schema_name)
+        for entries in (self._schedule, state.entries if state else {}):
+            if entries.get(new_entry.name) is entry:
+                entries[new_entry.name] = new_entry
+        return new_entry
+
+    def update_from_dict(self, mapping: Mapping[str, Any]) -> None:
+        """Install ``beat_schedule`` entries as public rows, named as ``expand_entry`` says."""
+        with self._lenient_conflicts():
+            self.schedule  # noqa: B018 -- the first read must come before the new rows
+        entries: dict[str, TenantAwareModelEntry] = {}
+        for name, fields in mapping.items():
+            try:
+                for entry_name, entry_fields in expand_entry(name, fields).items():
+                    entry = self.Entry.from_entry(entry_name, app=self.app, **entry_fields)
+                    if entry.model.enabled:
+                        entries[entry_name] = entry
+            except Exception as exc:
+                logger.error("beat: Ignoring schedule entry %r: %s", name, exc, exc_info=True)
+        public = self._states.get(public_schema_name())
+        if public is not None:
+            public.entries.update(entries)
+        self._schedule = self._merged()
+        self._heap_invalidated = True
+
+    def schedule_changed(self) -> bool:
+        """Return whether rows changed in some schema, or a schema came or went.
+
+        Two statements whatever the number of tenants (the tenants, then the
+        signature of every schema), at most every ``check_interval`` seconds.
+        """
+        if time.monotonic() - self._last_check < self.check_interval:
+            return False
+        self._last_check = time.monotonic()
+        try:
+            survey = self._survey()
+        except DatabaseError as exc:
+            logger.exception("beat: Database error while checking for changes: %r", exc)
+            return False
+        except InterfaceError:
+            logger.warning("beat: Database interface error while checking for changes; retrying.")
+            return False
+        known = self._states
+        stale = {
+            name for name in survey if name not in known or known[name].signature != survey[name]
+        }
+        stale |= known.keys() - survey.keys()
+        if stale:
+            self._pending = (survey, stale)
+        return bool(stale)
+
+    def all_as_schedule(self) -> dict[str, Any]:
+        """Return the merged schedule, reading only the schemas that changed.
+
+        After ``schedule_changed()`` found changes, only those schemas are read;
+        otherwise (first read, Celery's full sync every 5 minutes) all of them.
+        """
+        pending, self._pending = self._pending, None
+        try:
+            if pending is None:
+                survey = self._survey()
+                pending = (survey, survey.keys() | self._states.keys())
+            self._reload(*pending)
+        except (DatabaseError, InterfaceError) as exc:
+            logger.exception("beat: Could not read the periodic tasks; retrying: %r", exc)
+            self._last_check = -float("inf")
+        return self._merged()
+
+    def enabled_models(self, schemas: Sequence[str] | None = None) -> list[PeriodicTask]:
+        """Return the enabled rows of ``schemas`` (default: those read last), schedules attached.
+
+        Each row records its schema (see ``schema_of``). One statement per
+        ``batch_size`` schemas reads the rows, and one per batch and kind of
+        schedule in use reads the schedules. A schema whose tables cannot be read
+        is logged and skipped.
+        """
+        names = list(self._states) if schemas is None else list(schemas)
+        connection = self._connection()
+        with closing_on_error(connection.alias), connection.cursor() as cursor:
+            rows = _read_rows(cursor, names, self.batch_size)
+            _attach_schedules(cursor, rows, self.batch_size)
+        return rows
+
+    @contextmanager
+    def _lenient_conflicts(self) -> Iterator[None]:
+        self._lenient += 1
+        try:
+            yield
+        finally:
+            self._lenient -= 1
+
+    def _connection(self) -> Any:
+        return connections[router.db_for_read(PeriodicTask)]
+
+    def _survey(self) -> dict[str, _Signature]:
+        """Return the signatures of public and every tenant schema with beat tables, in order."""
+        connection = self._connection()
+        tenants = queryset_sql(self.get_queryset(), "schema_name", connection.alias)
+        with closing_on_error(connection.alias), connection.cursor() as cursor:
+            rows = _signatures(cursor, public_schema_name(), *tenants)
+        public = public_schema_name()
+        names = [public, *sorted(valid_schema_names(set(rows) - {public}, self._invalid))]
+        self._no_tables.update([name for name in names if rows.get(name) is None], names)
+        return {name: signature for name in names if (signature := rows.get(name))}
+
+    def _reload(self, survey: Mapping[str, _Signature], stale: set[str]) -> None:
+        reading = [name for name in survey if name in stale]
+        connection = self._connection()
+        with closing_on_error(connection.alias), connection.cursor() as cursor:
+            complete = _complete_schemas(cursor, reading)
+        self._no_tables.update(set(reading) - complete, reading)
+        rows: dict[str, list[PeriodicTask]] = {name: [] for name in reading}
+        for row in self.enabled_models([name for name in reading if name in complete]):
+            rows[schema_of(row)].append(row)
+        states = self._states
+        for name in reading:
+            states[name] = _SchemaState(survey[name], self._entries(name, rows[name]))
+        self._states = {name: states[name] for name in survey if name in states}
+
+    def _entries(self, schema_name: str, rows: list[PeriodicTask]) -> dict[str, Any]:
+        entries = {}
+        for row in rows:
+            try:
+                entries[row.name] = self.Entry(row, app=self.app)
+            except Exception as exc:
+                logger.error(
+                    "beat: Ignoring periodic task %r of schema %r: %s",
+                    row.name,
+                    schema_name,
+                    exc,
+                    exc_info=True,
+                )
+        return entries
+
+    def _merged(self) -> dict[str, Any]:
+        schedule: dict[str, Any] = {}
+        seen: dict[str, str] = {}
+        self._conflicts = []
+        for schema_name, state in self._states.items():
+            for name, entry in state.entries.items():
+                first = seen.setdefault(name, schema_name)
+                if first == schema_name:
+                    schedule[name] = entry
+                else:
+                    self._conflicts.append(Conflict(name, first, schema_name))
+        for conflict in self._conflicts:
+            logger.error(
+                "beat: Duplicate periodic task name %r in schemas %r and %r: the task of %r "
+                "is scheduled, the one of %r is not. Rename one of them.",
+                conflict.name,
+                conflict.first_schema,
+                conflict.second_schema,
+                conflict.first_schema,
+                conflict.second_schema,
+            )
+        return schedule
+
+
+def _signatures(
+    cursor: Any, public: str, tenants_sql: str, tenants_params: Sequence[Any]
+) -> dict[str, _Signature | None]:
+    """Return the signature of public and of every tenant schema (None: no beat tables).
+
+    One statement for all schemas, which reads none of their tables: the tenants
+    come from the scheduler's queryset, as a subquery; the change marker and task
+    tables are found with ``to_regclass``; their counters are PostgreSQL's
+    cumulative statistics (``pg_stat_user_tables``): rows inserted or updated in
+    the change marker table (django-celery-beat updates it on every change), rows
+    inserted or deleted in the task table (beat's own bookkeeping only updates).
+    """
+    cursor.execute(
+        # MATERIALIZED: each to_regclass runs once per schema, not once per use.
+        "WITH w AS (SELECT %s::text AS name UNION SELECT q.name::text "
+        f"FROM ({tenants_sql}) AS q(name)), "
+        "r AS MATERIALIZED (SELECT w.name, "
+        "to_regclass(quote_ident(w.name) || '.' || quote_ident(%s))::oid AS changes, "
+        "to_regclass(quote_ident(w.name) || '.' || quote_ident(%s))::oid AS tasks FROM w) "
+        "SELECT name, changes, tasks, "
+        "pg_stat_get_tuples_inserted(changes) + pg_stat_get_tuples_updated(changes), "
+        "pg_stat_get_tuples_inserted(tasks) + pg_stat_get_tuples_deleted(tasks) FROM r",
+        [public, *tenants_params, PeriodicTasks._meta.db_table, PeriodicTask._meta.db_table],
+    )
+    return {
+        name: None if changes is None or tasks is None else (changes, tasks, *counters)
+        for name, changes, tasks, *counters in cursor
+    }
+
+
+def _complete_schemas(cursor: Any, names: Sequence[str]) -> set[str]:
+    """Return the schemas of ``names`` that have every django-celery-beat table."""
+    if not names:
+        return set()
+    cursor.execute(
+        "SELECT w.name FROM unnest(%s::text[]) AS w(name) WHERE NOT EXISTS ("
+        "SELECT FROM unnest(%s::text[]) AS t(name) "
+        "WHERE to_regclass(quote_ident(w.name) || '.' || quote_ident(t.name)) IS NULL)",
+        [pg_array(names), pg_array(BEAT_TABLES)],
+    )
+    return {name for (name,) in cursor.fetchall()}
+
+
+def _select_per_schema(
+    cursor: Any, names: Sequence[str], batch_size: int, select: str, params: Any
+) -> list[tuple[Any, ...]]:
+    """Run ``select`` (formatted with ``table``, given ``params(schema)``) for each schema,
+    ``UNION ALL``-ed by batches.
+
+    When a batch fails on a schema's tables (a migration in progress, say), its
+    schemas are read one by one and the failing ones are logged and skipped.
+    """
+    results: list[tuple[Any, ...]] = []
+    for batch in batches(names, batch_size):
+        parts = [select.format(schema=quote_ident(name)) for name in batch]
+        try:
+            cursor.execute(" UNION ALL ".join(parts), [p for name in batch for p in params(name)])
+        except ProgrammingError as exc:
+            if len(batch) > 1:
+                results += _select_per_schema(cursor, batch, 1, select, params)
+            else:
+                logger.error("beat: Cannot read the beat tables of schema %r: %s", batch[0], exc)
+            continue
+        results += cursor.fetchall()
+    return results
+
+
+def _read_rows(cursor: Any, names: Sequence[str], batch_size: int) -> list[PeriodicTask]:
+    """Return the enabled ``PeriodicTask`` rows of the schemas ``names``."""
+    meta = PeriodicTask._meta
+    columns = ", ".join(f"t.{quote_ident(field.column)}" for field in meta.concrete_fields)
+    enabled = quote_ident(meta.get_field("enabled").column)
+    select = (
+        f"SELECT %s, {columns} FROM {{schema}}.{quote_ident(meta.db_table)} t WHERE t.{enabled}"
+    )
+    rows = _select_per_schema(cursor, names, batch_size, select, lambda name: [name])
+    return list(_instances(PeriodicTask, cursor.db, rows))
+
+
+def _attach_schedules(cursor: Any, rows: Sequence[PeriodicTask], batch_size: int) -> None:
+    """Give each row its schedule object, read from the row's own schema.
+
+    A row whose schedule is not found is left without one (its entry is then
+    rejected), never lazily loaded from whatever schema the connection is on.
+    """
+    for field_name, model in SCHEDULE_MODELS.items():
+        attname = PeriodicTask._meta.get_field(field_name).attname
+        wanted: dict[str, set[Any]] = {}
+        for row in rows:
+            if getattr(row, attname) is not None:
+                wanted.setdefault(schema_of(row), set()).add(getattr(row, attname))
+        found = _read_by_ids(cursor, model, wanted, batch_size) if wanted else {}
+        for row in rows:
+            if getattr(row, attname) is not None:
+                setattr(row, field_name, found.get((schema_of(row), getattr(row, attname))))
+
+
+def _read_by_ids(
+    cursor: Any, model: type[Any], wanted: Mapping[str, set[Any]], batch_size: int
+) -> dict[tuple[str, Any], Any]:
+    meta = model._meta
+    columns = ", ".join(f"s.{quote_ident(field.column)}" for field in meta.concrete_fields)
+    pk = quote_ident(meta.pk.column)
+    table = quote_ident(meta.db_table)
+    select = f"SELECT %s, {columns} FROM {{schema}}.{table} s WHERE s.{pk} = ANY(%s::bigint[])"
+    rows = _select_per_schema(
+        cursor, list(wanted), batch_size, select, lambda name: [name, pg_array(wanted[name])]
+    )
+    return {(schema_of(obj), obj.pk): obj for obj in _instances(model, cursor.db, rows)}
+
+
+def _instances(model: type[Any], connection: Any, rows: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+    """Yield model instances from rows ``(schema, *columns)``, converted as the ORM would."""
+    fields = model._meta.concrete_fields
+    attnames = [field.attname for field in fields]
+    converters = [
+        (index, field.get_db_converters(connection))
+        for index, field in enumerate(fields)
+        if field.get_db_converters(connection)
+    ]
+    for schema_name, *values in rows:
+        for index, functions in converters:
+            for convert in functions:
+                values[index] = convert(values[index], None, connection)
+        instance = model.from_db(connection.alias, attnames, values)
+        setattr(instance, SCHEMA_ATTR, schema_name)
+        yield instance
