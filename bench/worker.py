@@ -87,6 +87,7 @@ class RunResult:
     set_statements: int
     lookup_statements: int
     other_statements: int
+    sessions: int = 0
 
     @property
     def rate(self) -> float:
@@ -100,6 +101,10 @@ class RunResult:
     def outside_body_per_task(self) -> float:
         total = self.set_statements + self.lookup_statements + self.other_statements
         return total / self.tasks - 1
+
+    @property
+    def sessions_per_task(self) -> float:
+        return self.sessions / self.tasks
 
     @property
     def set_per_task(self) -> float:
@@ -191,6 +196,7 @@ class Bench:
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
         log_path = Path(tempfile.mkstemp(prefix="tsc-bench-worker-", suffix=".log")[1])
+        sessions_before = _settled_sessions()
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -203,6 +209,7 @@ class Bench:
             result = self._collect(stats_key)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}; worker log:\n{log_path.read_text()[-4000:]}") from None
+        result.sessions = _settled_sessions() - sessions_before
         if result.tasks != self.args.tasks:
             raise RuntimeError(
                 f"the worker ran {result.tasks} tasks, not {self.args.tasks}; "
@@ -248,6 +255,20 @@ class Bench:
             self.broker.delete(*doomed)
 
 
+def _settled_sessions() -> int:
+    """Return PostgreSQL's session count of the database once it stops changing."""
+    from bench.project.db import sessions_opened
+
+    value = sessions_opened()
+    for _ in range(20):
+        time.sleep(0.1)
+        again = sessions_opened()
+        if again == value:
+            break
+        value = again
+    return value
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """Warm-stop the worker this script started (by its PID), killing it if it hangs."""
     if process.poll() is not None:
@@ -275,7 +296,7 @@ def print_table(results: list[VariantResults], args: argparse.Namespace) -> None
     cpu_label = "CPU us/task" if args.pool == "solo" else "child CPU us/task"
     header = (
         f"{'variant':<38} {'tasks/s':>8} {'range':>13} {'x floor':>8} {cpu_label:>18} "
-        f"{'outside body':>13} {'SET':>6} {'lookup':>7}"
+        f"{'outside body':>13} {'SET':>6} {'lookup':>7} {'DB conn/task':>13}"
     )
     print(header)
     print("-" * len(header))
@@ -286,11 +307,12 @@ def print_table(results: list[VariantResults], args: argparse.Namespace) -> None
             f"{item.median('rate'):>8.0f} {min(rates):>6.0f}-{max(rates):<6.0f} "
             f"{item.median('rate') / floor:>8.3f} {item.median('cpu_us_per_task'):>18.0f} "
             f"{item.median('outside_body_per_task'):>13.3f} {item.median('set_per_task'):>6.3f} "
-            f"{item.median('lookup_per_task'):>7.3f}"
+            f"{item.median('lookup_per_task'):>7.3f} {item.median('sessions_per_task'):>13.3f}"
         )
     print(
         "outside body = SQL statements per task the worker ran besides the body's one query "
-        "(SET = SET search_path, lookup = tenant-table queries)."
+        "(SET = SET search_path, lookup = tenant-table queries); DB conn/task = PostgreSQL "
+        "sessions opened per task (pg_stat_database.sessions)."
     )
 
 
@@ -344,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"round {round_number} {item.variant.key}: {run.rate:8.0f} tasks/s "
                     f"{run.cpu_us_per_task:6.0f} us CPU/task "
-                    f"{run.outside_body_per_task:.3f} statements/task outside the body",
+                    f"{run.outside_body_per_task:.3f} statements/task outside the body "
+                    f"{run.sessions_per_task:.3f} DB connections/task",
                     flush=True,
                 )
         print_table(results, args)

@@ -15,7 +15,8 @@ def schema_names(count: int) -> list[str]:
     return [f"bench{index:03d}" for index in range(count)]
 
 
-def _admin_execute(statement: str) -> None:
+def _admin_execute(statement: str, params: tuple[Any, ...] = ()) -> Any:
+    """Run one statement in the ``postgres`` database; return its first row, if any."""
     db: dict[str, Any] = settings.DATABASES["default"]
     admin = psycopg2.connect(
         dbname="postgres",
@@ -27,9 +28,21 @@ def _admin_execute(statement: str) -> None:
     admin.autocommit = True
     try:
         with admin.cursor() as cursor:
-            cursor.execute(statement)
+            cursor.execute(statement, params)
+            return cursor.fetchone() if cursor.description else None
     finally:
         admin.close()
+
+
+def sessions_opened() -> int:
+    """Return how many sessions PostgreSQL has counted for the benchmark database.
+
+    ``pg_stat_database.sessions`` (PostgreSQL 14+) is flushed when a session
+    ends, so read it after the sessions of interest are closed.
+    """
+    name = settings.DATABASES["default"]["NAME"]
+    row = _admin_execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (name,))
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def create_database(tenants: int) -> list[str]:
