@@ -26,9 +26,12 @@ Columns: tasks/s, ratio to (a), worker CPU per task (the whole solo worker; for
 prefork, the children only), and SQL statements per task issued outside the
 task body (all statements the worker ran through Django, counted with a
 ``connection.execute_wrapper`` installed at ``worker_process_init``, minus the
-body's one query), split into ``SET search_path`` and tenant lookups. Note that
-django-tenants, unless ``TENANT_LIMIT_SET_CALLS`` is on (``--limit-set-calls``),
-sends ``SET search_path`` with every cursor, so even the floor has one per task.
+body's one query), split into ``SET search_path`` and tenant lookups, and the
+PostgreSQL sessions opened per task (``pg_stat_database.sessions`` before and
+after the run). Note that django-tenants, unless ``TENANT_LIMIT_SET_CALLS`` is on
+(``--limit-set-calls``), sends ``SET search_path`` with every cursor, so even the
+floor has one per task. A run starts on a fresh worker, so with the cache on its
+first task of each tenant looks the tenant up (K lookups per run).
 
 Database connections: by default the connections are persistent
 (``CELERY_DB_REUSE_MAX`` = 1,000,000, so Celery's Django fixup does not close
