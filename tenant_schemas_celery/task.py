@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FunctionType, MethodType
 from typing import Any, ClassVar, TypeVar
 from weakref import WeakKeyDictionary
@@ -16,6 +16,7 @@ from . import activation, conf
 from . import inspection as _inspection  # noqa: F401  (registers inspect commands)
 from .cache import SimpleCache, tenant_cache
 from .capture import headers_with_schema
+from .dispatch import send_to_tenants
 
 __all__ = ["TenantTask", "headers_with_schema", "make_tenant_aware", "tenant_aware_class"]
 
@@ -115,6 +116,39 @@ class TenantTask(DjangoTask):
             loglevel=loglevel,
             headers=headers_with_schema(headers),
             **options,
+        )
+
+    def delay_for_tenants(
+        self,
+        *args: Any,
+        tenants: Iterable[Any] | None = None,
+        spread_seconds: float = 0,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Send the task once per tenant (every tenant by default); return results by schema.
+
+        Tenants whose schema does not exist yet are skipped; ``spread_seconds``
+        spreads the messages over a window, each tenant at a stable offset. The
+        keyword arguments ``tenants`` and ``spread_seconds`` are not passed to the task.
+
+        Example:
+            >>> results = reset_remaining_jobs.delay_for_tenants(spread_seconds=60)
+            >>> sorted(results)
+            ['tenant1', 'tenant2']
+        """
+        return send_to_tenants(self, args, kwargs, tenants=tenants, spread_seconds=spread_seconds)
+
+    def apply_async_for_tenants(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        tenants: Iterable[Any] | None = None,
+        spread_seconds: float = 0,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Like ``delay_for_tenants``, with ``apply_async`` options for every message."""
+        return send_to_tenants(
+            self, args, kwargs, tenants=tenants, spread_seconds=spread_seconds, **options
         )
 
 

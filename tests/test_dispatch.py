@@ -1,0 +1,71 @@
+"""``delay_for_tenants``: the dispatcher-task pattern as one call."""
+
+from __future__ import annotations
+
+import pytest
+from celery.signals import before_task_publish
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tenant_schemas_celery.exceptions import InvalidSchemaName
+from tenant_schemas_celery.fanout import spread_offset
+from tests.conftest import BROKERS
+from tests.project.customers.models import Client
+from tests.project.notes import tasks
+from tests.workers import worker
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+def published():
+    seen: list = []
+
+    def receiver(sender=None, headers=None, **kwargs):
+        seen.append((headers["_schema_name"], headers.get("eta")))
+
+    before_task_publish.connect(receiver)
+    yield seen
+    before_task_publish.disconnect(receiver)
+
+
+@pytest.fixture
+def unmigrated(tenants):
+    """A tenant row whose schema does not exist (yet)."""
+    Client.objects.bulk_create([Client(schema_name="not_ready", name="NOT READY")])
+    yield
+    Client.objects.filter(schema_name="not_ready").delete()
+
+
+@pytest.mark.integration
+def test_runs_once_in_every_ready_tenant(tenants, unmigrated):
+    process = worker(BROKERS["redis"]).start()
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            results = tasks.whereami.delay_for_tenants()
+        seen = {schema: r.get(timeout=TIMEOUT)["schema"] for schema, r in results.items()}
+    finally:
+        process.stop()
+    assert seen == {"tenant1": "tenant1", "tenant2": "tenant2"}
+    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("SET ")]
+    assert len(statements) == 1  # tenants and readiness in one query
+
+
+def test_explicit_tenants_and_schema_names(tenants, published):
+    results = tasks.whereami.delay_for_tenants(tenants=[tenants["tenant2"], "public", "nobody"])
+    assert sorted(results) == ["public", "tenant2"]
+    assert sorted(schema for schema, _ in published) == ["public", "tenant2"]
+
+
+def test_spread_is_stable_per_tenant(tenants, published):
+    tasks.whereami.apply_async_for_tenants(spread_seconds=300, queue="tsc-dispatch-unused")
+    etas = dict(published)
+    assert set(etas) == {"tenant1", "tenant2"}
+    assert all(etas.values())
+    offsets = {s: spread_offset(s, 300) for s in etas}
+    assert sorted(etas, key=lambda s: etas[s]) == sorted(offsets, key=lambda s: offsets[s])
+
+
+def test_invalid_names_are_refused(tenants):
+    with pytest.raises(InvalidSchemaName):
+        tasks.whereami.delay_for_tenants(tenants=['x"; DROP SCHEMA public; --'])
