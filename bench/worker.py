@@ -285,8 +285,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def print_table(results: list[VariantResults], args: argparse.Namespace) -> None:
-    """Print the medians of every variant."""
-    floor = results[0].median("rate")
+    """Print the medians of every variant, and the paired (same-round) comparisons to (a)."""
+    floor = results[0]
     db_mode = "closed around every task" if args.close_db else "persistent"
     pool = "solo" if args.pool == "solo" else f"prefork -c {args.concurrency}"
     print()
@@ -298,24 +298,34 @@ def print_table(results: list[VariantResults], args: argparse.Namespace) -> None
     )
     cpu_label = "CPU us/task" if args.pool == "solo" else "child CPU us/task"
     header = (
-        f"{'variant':<38} {'tasks/s':>8} {'range':>13} {'x floor':>8} {cpu_label:>18} "
-        f"{'outside body':>13} {'SET':>6} {'lookup':>7} {'DB conn/task':>13}"
+        f"{'variant':<34} {'tasks/s':>7} {'range':>11} {'x floor':>7} {'paired':>6} "
+        f"{cpu_label:>17} {'+us':>5} {'outside body':>12} {'SET':>5} {'lookup':>6} "
+        f"{'DB conn/task':>12}"
     )
     print(header)
     print("-" * len(header))
     for item in results:
         rates = [run.rate for run in item.runs]
+        paired_ratio = statistics.median(
+            run.rate / base.rate for run, base in zip(item.runs, floor.runs)
+        )
+        paired_cpu = statistics.median(
+            run.cpu_us_per_task - base.cpu_us_per_task for run, base in zip(item.runs, floor.runs)
+        )
         print(
-            f"{item.variant.key + '. ' + item.variant.label:<38} "
-            f"{item.median('rate'):>8.0f} {min(rates):>6.0f}-{max(rates):<6.0f} "
-            f"{item.median('rate') / floor:>8.3f} {item.median('cpu_us_per_task'):>18.0f} "
-            f"{item.median('outside_body_per_task'):>13.3f} {item.median('set_per_task'):>6.3f} "
-            f"{item.median('lookup_per_task'):>7.3f} {item.median('sessions_per_task'):>13.3f}"
+            f"{item.variant.key + '. ' + item.variant.label:<34} "
+            f"{item.median('rate'):>7.0f} {min(rates):>5.0f}-{max(rates):<5.0f} "
+            f"{item.median('rate') / floor.median('rate'):>7.3f} {paired_ratio:>6.3f} "
+            f"{item.median('cpu_us_per_task'):>17.0f} {paired_cpu:>+5.0f} "
+            f"{item.median('outside_body_per_task'):>12.3f} {item.median('set_per_task'):>5.3f} "
+            f"{item.median('lookup_per_task'):>6.3f} {item.median('sessions_per_task'):>12.3f}"
         )
     print(
-        "outside body = SQL statements per task the worker ran besides the body's one query "
-        "(SET = SET search_path, lookup = tenant-table queries); DB conn/task = PostgreSQL "
-        "sessions opened per task (pg_stat_database.sessions)."
+        "x floor = median tasks/s / the floor's; paired = median over rounds of the same-round "
+        "ratio; +us = median same-round CPU difference to (a);\noutside body = SQL statements "
+        "per task the worker ran besides the body's one query (SET = SET search_path, lookup = "
+        "tenant-table queries);\nDB conn/task = PostgreSQL sessions opened per task "
+        "(pg_stat_database.sessions)."
     )
 
 
