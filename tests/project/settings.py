@@ -64,3 +64,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
 }
+
+# Fault tests (tests/test_faults.py): optional worker settings, read only when the env sets them.
+import json  # noqa: E402
+
+if "TSC_DB_REUSE_MAX" in os.environ:  # the worker keeps its connections for 2 x N task runs
+    CELERY_DB_REUSE_MAX = int(os.environ["TSC_DB_REUSE_MAX"])
+if "TSC_BROKER_TRANSPORT_OPTIONS" in os.environ:  # JSON, e.g. Redis' visibility_timeout
+    CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(os.environ["TSC_BROKER_TRANSPORT_OPTIONS"])

@@ -223,6 +223,46 @@ def capture_sentry_message(text):
     sentry_sdk.capture_message(text)
 
 
+FAULTS_KEY = "tsc-tests:faults"
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def durable_probe(self, token, hold_first=0.0):
+    """For the fault tests: record each run's schema, hold the first run, then write a row.
+
+    ``acks_late`` and ``reject_on_worker_lost``: a run cut short by a dead worker (or pool
+    process) is delivered again. Only the first run of ``token`` sleeps ``hold_first`` s.
+    """
+    import json
+    import os
+
+    attempt = events().incr(f"{FAULTS_KEY}:attempts:{token}")
+    visible = Note.objects.count()  # use the connection before holding
+
+    def record(phase):
+        events().rpush(
+            FAULTS_KEY,
+            json.dumps(
+                {
+                    "token": token,
+                    "phase": phase,
+                    "attempt": attempt,
+                    "schema": connection.schema_name,
+                    "pid": os.getpid(),
+                    "redelivered": bool((self.request.delivery_info or {}).get("redelivered")),
+                    "visible": visible,
+                }
+            ),
+        )
+
+    record("start")
+    if attempt == 1:
+        time.sleep(hold_first)
+    Note.objects.create(text=f"durable:{token}")
+    record("done")
+    return connection.schema_name
+
+
 @app.task
 def sleep_for(seconds):
     time.sleep(seconds)
