@@ -71,6 +71,8 @@ def enter(task: Any) -> Activation:
     try:
         schema_name = schema_name_from_request(request, public)
         targets = [_tenant_connection(alias) for alias in tenant_databases(task)]
+        for connection in targets:
+            _drop_if_broken(connection)
         if schema_name != public:
             tenant = lookup_tenant(task, schema_name, tenant_cache_seconds(task))
     except Exception as exc:
@@ -137,6 +139,19 @@ def _tenant_connection(alias: str) -> Any:
             "(ENGINE 'django_tenants.postgresql_backend'), so it cannot follow a tenant."
         )
     return connection
+
+
+def _drop_if_broken(connection: Any) -> None:
+    """Close a connection that failed earlier and no longer works (say, a restarted server).
+
+    Django checks this around web requests; a worker reusing its connections
+    (``CELERY_DB_REUSE_MAX``) would otherwise keep failing on a dead one.
+    """
+    if connection.errors_occurred and connection.connection is not None:
+        if connection.is_usable():
+            connection.errors_occurred = False
+        else:
+            connection.close()
 
 
 def _saved_states(targets: list[Any], deferred: bool) -> list[tuple[Any, _State]]:

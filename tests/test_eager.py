@@ -127,3 +127,15 @@ def test_cache_avoids_lookups_and_is_dropped_on_tenant_save(tenants):
 def test_public_needs_no_tenant_row(tenants):
     assert not type(tenants["tenant1"]).objects.filter(schema_name="public").exists()
     assert tasks.whereami.apply(headers={"_schema_name": "public"}).get()["schema"] == "public"
+
+
+def test_a_connection_killed_by_the_server_is_replaced_at_the_next_task(tenants):
+    from tests.conftest import _admin_sql
+
+    connection.ensure_connection()
+    pid = connection.connection.get_backend_pid()
+    _admin_sql(f"SELECT pg_terminate_backend({pid})")
+    first = tasks.whereami.apply(headers={"_schema_name": "tenant1"})
+    second = tasks.whereami.apply(headers={"_schema_name": "tenant1"})
+    assert first.state == "FAILURE"  # the lookup hit the dead connection, the body did not run
+    assert (second.state, second.result["schema"]) == ("SUCCESS", "tenant1")

@@ -355,14 +355,15 @@ class PostgresCluster:
 PG_SETTINGS = {
     # Celery's default: the worker closes its connections before and after every task.
     "per-task": {},
-    # CELERY_DB_REUSE_MAX: the worker keeps its connections, closing them every 2 x N task runs
-    # only, so the ones the restart killed stay in use: tasks keep failing (without running)
-    # until then. Isolation must hold all the same; the missing recovery ends the test as xfail.
+    # CELERY_DB_REUSE_MAX: the worker keeps its connections, so the first task of each pool
+    # process after the restart fails (without running) on its dead connection; the library
+    # replaces it before the next task. Isolation must hold all the same; the tasks that
+    # failed after the restart end the test as xfail.
     "reuse-max": {"TSC_DB_REUSE_MAX": "1000"},
 }
 REUSE_MAX_GAP = (
-    "CELERY_DB_REUSE_MAX: after a PostgreSQL restart the worker reuses its dead connections, so "
-    "every task fails (TenantLookupFailed, body not run) until they are recycled after 2 x N runs"
+    "CELERY_DB_REUSE_MAX: after a PostgreSQL restart, the first task of each pool process fails "
+    "(body not run) on its dead connection, which is replaced before the next task"
 )
 
 
