@@ -74,14 +74,15 @@ def tenant_schemas_existing(queryset: Any) -> list[tuple[str, bool]]:
 
 
 @contextmanager
-def closing_on_error(using: str) -> Iterator[None]:
-    """Close connection ``using`` when the block raises a database error, then re-raise.
+def closing_on_error(connection: Any) -> Iterator[None]:
+    """Close ``connection`` (a Django connection) when the block raises a database error.
 
-    Beat keeps its connection open between checks (its catalog caches stay warm);
-    a connection that failed is dropped, and the next query opens a new one.
+    Beat keeps its connections open between checks, so that PostgreSQL's caches of
+    the tenants' tables stay warm; one that failed is closed, and its next use
+    opens a new one. The error is re-raised.
     """
     try:
         yield
     except (DatabaseError, InterfaceError):
-        connections[using].close()
+        connection.close()
         raise

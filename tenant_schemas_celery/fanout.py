@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from celery.beat import BeatLazyFunc
 from celery.utils.log import get_logger
+from django.db import connections
 
 from ._sql import closing_on_error, tenant_schemas_existing
 from .capture import SCHEMA_HEADER
@@ -176,7 +177,7 @@ class TenantTargets:
         """Return the schema names of the tenants whose schema exists (public excluded)."""
         if self._ready is None:
             queryset = self.get_queryset()
-            with closing_on_error(queryset.db):
+            with closing_on_error(connections[queryset.db]):
                 rows = tenant_schemas_existing(queryset)
             public = public_schema_name()
             names = valid_schema_names((name for name, _ in rows if name != public), self._invalid)

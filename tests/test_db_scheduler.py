@@ -391,6 +391,7 @@ def test_statements_do_not_grow_with_tenants(beat_queue: str, started: Any) -> N
                 add_task(name, f"job@{name}", queue=beat_queue)
             scheduler = started()
             scheduler.batch_size = 10
+            scheduler.read_connections = 1  # all statements on the connection counted here
             # A full read: a fixed number, plus 2 per batch of 10 schemas
             scheduler._last_full_sync = scheduler._last_full_sync.replace(year=2000)
             full = statements(lambda scheduler=scheduler: scheduler.schedule)

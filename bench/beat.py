@@ -1,0 +1,320 @@
+"""Beat at scale: the database scheduler's load, change check and reload, and a fan-out.
+
+Run (PostgreSQL on 127.0.0.1:5432 as ``postgres``, Redis on 127.0.0.1:6379)::
+
+    .venv/bin/python bench/beat.py --tenants 100 1000 10000
+
+Setup: the database ``tsc_bench_beat`` (``--database``) is created and its public
+schema migrated (the test project's shared apps, django-celery-beat included).
+Tenants are made cheaply, by SQL, the counts being cumulative: per tenant a schema
+holding copies of django-celery-beat's six tables (``CREATE TABLE ... (LIKE
+public.... INCLUDING ALL)``) with one interval schedule, one enabled periodic task
+(``job@<schema>``) and its change marker row, and a ``Client`` row (one ``INSERT``
+for all). The database is dropped at the end (``--keep-db`` keeps it).
+
+Measured for each tenant count, with ``TenantAwareDatabaseScheduler`` (statements
+are those sent through Django, ``SET search_path`` included):
+
+* first load: creating the scheduler (setup, then the first read of every schema),
+  on a new database connection, as a starting ``celery beat`` does;
+* no-change check: reading ``scheduler.schedule`` when nothing changed, which beat
+  does at every tick (at most every ``check_interval`` seconds); median of 5;
+* reload after one edit: one tenant's task edited through the ORM, then
+  ``scheduler.schedule``. The edit is made visible to PostgreSQL's statistics at
+  once (``pg_stat_force_next_flush()``); another process's edit shows within about
+  a second, or 10 s after that process's previous flush;
+* full reload: Celery's full sync (every 5 minutes), forced;
+* fan-out: ``TenantAwareScheduler.apply_entry`` of one entry without
+  ``tenant_schemas``: a message to every tenant, over Redis (database 8, a fresh
+  queue, purged afterwards); median of 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BEAT_TABLES = (
+    "django_celery_beat_intervalschedule",
+    "django_celery_beat_crontabschedule",
+    "django_celery_beat_solarschedule",
+    "django_celery_beat_clockedschedule",
+    "django_celery_beat_periodictask",
+    "django_celery_beat_periodictasks",
+)
+SCHEMAS_PER_TRANSACTION = 50  # each schema takes about 30 locks while it is created
+TASK = "tests.project.notes.tasks.whereami"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--database", default="tsc_bench_beat")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
+    parser.add_argument("--workers", type=int, default=2, help="connections creating schemas")
+    return parser.parse_args()
+
+
+def setup_django(database: str) -> None:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.project.settings"
+    os.environ["TSC_PG_DB"] = database
+    os.environ["TSC_BROKER_URL"] = "redis://127.0.0.1:6379/8"
+    os.environ["TSC_QUEUE"] = f"tsc-bench-beat-{uuid.uuid4().hex[:8]}"
+    import django
+
+    django.setup()
+
+
+def admin_execute(statement: str) -> None:
+    import psycopg2
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    admin = psycopg2.connect(
+        dbname="postgres",
+        user=db["USER"],
+        password=db["PASSWORD"],
+        host=db["HOST"],
+        port=db["PORT"],
+    )
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        admin.close()
+
+
+def create_database(name: str) -> None:
+    from django.core.management import call_command
+    from django.db import connections
+
+    connections.close_all()
+    admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(f'CREATE DATABASE "{name}"')
+    call_command("migrate_schemas", shared=True, verbosity=0)
+
+
+def schema_name(index: int) -> str:
+    return f"bench{index:05d}"
+
+
+def tenant_statements(name: str) -> list[str]:
+    """The SQL making one tenant schema: beat's tables, an interval, a task, a change marker."""
+    statements = [f'CREATE SCHEMA "{name}"']
+    statements += [
+        f'CREATE TABLE "{name}".{table} (LIKE public.{table} INCLUDING ALL)'
+        for table in BEAT_TABLES
+    ]
+    statements += [
+        f'INSERT INTO "{name}".django_celery_beat_intervalschedule (id, every, period) '
+        "VALUES (1, 60, 'seconds')",
+        f'INSERT INTO "{name}".django_celery_beat_periodictask (name, task, args, kwargs, '
+        "enabled, total_run_count, date_changed, description, interval_id, one_off, headers) "
+        f"VALUES ('job@{name}', '{TASK}', '[]', '{{}}', true, 0, now(), '', 1, false, '{{}}')",
+        f'INSERT INTO "{name}".django_celery_beat_periodictasks (ident, last_update) '
+        "VALUES (1, now())",
+    ]
+    return statements
+
+
+def add_tenants(start: int, stop: int, workers: int) -> None:
+    """Create tenants ``start`` to ``stop - 1``: schemas on ``workers`` connections, then rows."""
+    import psycopg2
+    from django.conf import settings
+    from django.db import connection
+
+    db = settings.DATABASES["default"]
+    chunks = [
+        range(low, min(stop, low + SCHEMAS_PER_TRANSACTION))
+        for low in range(start, stop, SCHEMAS_PER_TRANSACTION)
+    ]
+    lock = threading.Lock()
+
+    def work() -> None:
+        conn = psycopg2.connect(
+            dbname=db["NAME"],
+            user=db["USER"],
+            password=db["PASSWORD"],
+            host=db["HOST"],
+            port=db["PORT"],
+        )
+        try:
+            while True:
+                with lock:
+                    if not chunks:
+                        return
+                    chunk = chunks.pop()
+                with conn, conn.cursor() as cursor:  # one transaction per chunk
+                    statements = [s for i in chunk for s in tenant_statements(schema_name(i))]
+                    cursor.execute(";".join(statements))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=work) for _ in range(max(1, workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO customers_client (schema_name, name) "
+            "SELECT 'bench' || lpad(g::text, 5, '0'), 'BENCH' FROM generate_series(%s, %s) g",
+            [start, stop - 1],
+        )
+
+
+class Measure:
+    """Run a block, counting the statements sent through Django (on every connection)."""
+
+    def __init__(self) -> None:
+        from django.db import connection
+        from django.db.backends.signals import connection_created
+
+        self.statements = 0
+        self.counting = False
+        connection.execute_wrappers.append(self._count)
+        connection_created.connect(self._watch, weak=False)
+
+    def _watch(self, sender: Any, connection: Any, **kwargs: Any) -> None:
+        if self._count not in connection.execute_wrappers:
+            connection.execute_wrappers.append(self._count)
+
+    def _count(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if self.counting:
+            self.statements += 1
+        return execute(sql, params, many, context)
+
+    def __call__(self, block: Callable[[], Any]) -> tuple[int, float]:
+        self.statements, self.counting = 0, True
+        try:
+            started = time.perf_counter()
+            block()
+            elapsed = time.perf_counter() - started
+        finally:
+            self.counting = False
+        return self.statements, elapsed
+
+
+def median_of(runs: int, measure: Measure, block: Callable[[], Any]) -> tuple[int, float]:
+    results = [measure(block) for _ in range(runs)]
+    return results[0][0], statistics.median(elapsed for _, elapsed in results)
+
+
+def edit_one_task(name: str) -> None:
+    from django.db import connection
+    from django_celery_beat.models import PeriodicTask
+    from django_tenants.utils import schema_context
+
+    with schema_context(name):
+        task = PeriodicTask.objects.get()
+        task.kwargs = f'{{"edited": {time.time()}}}'
+        task.save()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+
+
+def measure_count(tenants: int) -> dict[str, tuple[int, float]]:
+    from django.db import connections
+
+    from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
+    from tenant_schemas_celery.scheduler import TenantAwareScheduler
+    from tests.project.celery import app
+
+    app.conf.beat_schedule = {}
+    measure = Measure()
+    results: dict[str, tuple[int, float]] = {}
+    connections.close_all()  # the first load runs on a new connection, as in a new beat
+    holder: dict[str, Any] = {}
+    results["first load"] = measure(
+        lambda: holder.setdefault("scheduler", TenantAwareDatabaseScheduler(app=app))
+    )
+    scheduler = holder["scheduler"]
+    scheduler.check_interval = 0
+    assert len([n for n in scheduler.schedule if n.startswith("job@")]) == tenants
+    scheduler.schedule  # noqa: B018 -- settle (the rows setup wrote are read back)
+    results["no-change check"] = median_of(5, measure, lambda: scheduler.schedule)
+    edit_one_task(schema_name(tenants // 2))
+    results["reload after one edit"] = measure(lambda: scheduler.schedule)
+    assert "edited" in scheduler.schedule[f"job@{schema_name(tenants // 2)}"].kwargs
+
+    def full_reload() -> None:
+        scheduler._last_full_sync = scheduler._last_full_sync.replace(year=2000)
+        scheduler.schedule  # noqa: B018
+
+    results["full reload"] = measure(full_reload)
+    scheduler.close()
+    results["fan-out"] = median_of(3, measure, lambda: fan_out(TenantAwareScheduler, app, tenants))
+    return results
+
+
+def fan_out(cls: Any, app: Any, tenants: int) -> None:
+    import redis
+
+    scheduler = cls(app=app, lazy=True)
+    entry = scheduler.Entry(name="job@__all_tenants_only__", task=TASK, schedule=60, app=app)
+    scheduler.apply_entry(entry, producer=scheduler.producer)
+    queue = app.conf.task_default_queue
+    client = redis.Redis.from_url(app.conf.broker_url)
+    sent = client.llen(queue)
+    client.delete(queue)
+    scheduler.close()
+    assert sent == tenants, (sent, tenants)
+
+
+COLUMNS = ["first load", "no-change check", "reload after one edit", "full reload", "fan-out"]
+
+
+def print_table(rows: dict[int, dict[str, tuple[int, float]]]) -> None:
+    header = ["tenants", *COLUMNS]
+    lines = [header, ["---:"] * len(header)]
+    for tenants, results in rows.items():
+        cells = [f"{tenants:,}"]
+        for column in COLUMNS:
+            statements, elapsed = results[column]
+            shown = f"{elapsed * 1000:.0f} ms" if elapsed < 1 else f"{elapsed:.2f} s"
+            cells.append(f"{shown} ({statements:,} stmts)")
+        lines.append(cells)
+    for line in lines:
+        print("| " + " | ".join(line) + " |")
+
+
+def main() -> None:
+    args = parse_args()
+    setup_django(args.database)
+    print(f"Creating database {args.database}...", flush=True)
+    create_database(args.database)
+    rows: dict[int, dict[str, tuple[int, float]]] = {}
+    made = 0
+    try:
+        for tenants in sorted(args.tenants):
+            started = time.perf_counter()
+            add_tenants(made, tenants, args.workers)
+            made = tenants
+            print(f"{tenants:,} tenants made in {time.perf_counter() - started:.0f} s", flush=True)
+            rows[tenants] = measure_count(tenants)
+            print_table({tenants: rows[tenants]})
+    finally:
+        if not args.keep_db:
+            from django.db import connections
+
+            connections.close_all()
+            admin_execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+    print()
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
