@@ -120,13 +120,6 @@ def valid_schema_names(names: Iterable[str], rejected: OnceLog | None = None) ->
     return valid
 
 
-def tenant_schema_names(queryset: Any, rejected: OnceLog | None = None) -> list[str]:
-    """Return the valid schema names of the tenants of ``queryset``, public excluded."""
-    public = public_schema_name()
-    names = queryset.values_list("schema_name", flat=True)
-    return valid_schema_names((name for name in names if name != public), rejected)
-
-
 def invalid_names_log() -> OnceLog:
     """Return a ``OnceLog`` for tenants whose schema name is unusable."""
     return OnceLog("beat: Ignoring tenant schema %r: it is not a usable schema name.")
@@ -165,11 +158,11 @@ class TenantTargets:
         self._tenants: frozenset[str] = frozenset()
         self._invalid = invalid_names_log()
         self._not_ready = OnceLog(
-            "beat: skipping tenant schema %r: it does not exist in the database yet "
+            "beat: Skipping tenant schema %r: it does not exist in the database yet "
             "(tenant still being created?)."
         )
         self._not_tenant = OnceLog(
-            "beat: skipping schema %r: it is neither the public schema nor a tenant "
+            "beat: Skipping schema %r: it is neither the public schema nor a tenant "
             "of the scheduler's get_queryset()."
         )
 
@@ -231,7 +224,7 @@ def send_to_schemas(
                     app.send_task(entry.task, args, kwargs, producer=shared_producer, **options)
             except Exception:
                 logger.exception(
-                    "beat: sending %r (%s) to schema %r failed; its %d remaining schema(s) "
+                    "beat: Sending %r (%s) to schema %r failed; its %d remaining schema(s) "
                     "are not sent in this run.",
                     entry.name,
                     entry.task,

@@ -103,8 +103,8 @@ def test_targets_are_every_ready_tenant_or_the_listed_schemas(caplog: Any) -> No
         assert targets.resolve(listed) == ["public", "tenant2"]
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2
-    assert messages[0].startswith("beat: skipping tenant schema 'no_schema': it does not exist")
-    assert messages[1].startswith("beat: skipping schema 'unknown': it is neither the public")
+    assert messages[0].startswith("beat: Skipping tenant schema 'no_schema': it does not exist")
+    assert messages[1].startswith("beat: Skipping schema 'unknown': it is neither the public")
 
 
 @pytest.mark.usefixtures("beat_db")

@@ -159,7 +159,7 @@ def test_tenant_without_a_schema_yet_is_skipped_and_logged_once(
     assert schemas_of(drain(beat_queue)) == ["tenant1", "tenant1", "tenant2", "tenant2"]
     skipped = [r for r in caplog.records if "'unmigrated'" in r.getMessage()]
     assert len(skipped) == 1
-    assert skipped[0].getMessage().startswith("beat: skipping tenant schema 'unmigrated'")
+    assert skipped[0].getMessage().startswith("beat: Skipping tenant schema 'unmigrated'")
 
 
 def test_tenants_created_and_deleted_while_running_are_picked_up(beat_queue: str) -> None:
@@ -201,7 +201,7 @@ def test_failing_entry_is_logged_and_the_others_are_sent(beat_queue: str, caplog
     scheduler = started(schedule)
     run_due(scheduler)
     assert schemas_of(drain(beat_queue)) == ["tenant2"]
-    assert "beat: sending 'broken@tenant1'" in caplog.text
+    assert "beat: Sending 'broken@tenant1'" in caplog.text
 
 
 def test_fan_out_queries_do_not_grow_with_tenants(beat_queue: str) -> None:
