@@ -4,9 +4,12 @@
 with ``-I`` for the task. Runs are recorded in the Redis list ``TSC_BEAT_E2E_KEY``.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import time
+from typing import Any
 
 from celery.beat import BeatLazyFunc
 from django.db import connection
@@ -19,14 +22,14 @@ TASK = "tests.beat_e2e_app.record_run"
 
 
 @app.task(name=TASK)
-def record_run(entry, due):
+def record_run(entry: str, due: float) -> None:
     """Record that ``entry``'s run due at ``due`` ran in the active schema."""
     from tests.project.notes.tasks import events  # models: only once Django is set up
 
     events().rpush(KEY, json.dumps({"entry": entry, "due": due, "schema": connection.schema_name}))
 
 
-def _entry(name, **fields):
+def _entry(name: str, **fields: Any) -> dict[str, Any]:
     # BeatLazyFunc is evaluated once per due run: every tenant's message carries the same value.
     return {
         "task": TASK,
