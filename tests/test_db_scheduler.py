@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask, PeriodicTasks
 from django_tenants.utils import schema_context
 
@@ -263,6 +265,18 @@ def test_one_off_task_runs_once_then_is_disabled_in_its_schema(
     once = row(schema_name, f"once@{schema_name}")
     assert (once.enabled, once.total_run_count) == (False, 0)
     assert row(other, "same-pk").last_run_at is None
+
+
+def test_expired_task_is_disabled_in_its_schema(beat_queue: str, started: Any) -> None:
+    past = timezone.now() - timedelta(minutes=1)
+    expired = add_task("tenant1", "expired", queue=beat_queue, expires=past)
+    add_task("tenant2", "same-pk", queue=beat_queue, id=expired.pk)
+    scheduler = started()
+    make_due(scheduler)
+    run_due(scheduler)
+    assert schemas_of(drain(beat_queue)) == ["tenant2"]
+    assert row("tenant1", "expired").enabled is False
+    assert row("tenant2", "same-pk").enabled is True
 
 
 # Changes ---------------------------------------------------------------------------------
