@@ -6,6 +6,8 @@ import logging
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -193,3 +195,35 @@ def test_first_failed_send_ends_the_run(beat_queue: str, caplog: Any) -> None:
     assert send_to_schemas(app, entry, ["a", "b", "c"]) == []
     assert drain(beat_queue) == []
     assert "its 2 remaining schema(s) are not sent" in caplog.text
+
+
+def test_a_failed_batch_write_is_logged(beat_queue: str, caplog: Any, monkeypatch: Any) -> None:
+    # Given a producer whose batch fails when it is written (after 3 messages)
+    @contextmanager
+    def failing_batch(max_size: int) -> Iterator[None]:
+        yield
+        raise ConnectionError("broker gone")
+
+    with app.producer_or_acquire() as producer:
+        monkeypatch.setattr(producer, "batch", failing_batch, raising=False)
+        sent = send_to_schemas(app, fanout_entry(beat_queue), ["a", "b", "c"], producer)
+        monkeypatch.undo()
+    drain(beat_queue)
+    assert sent == ["a", "b", "c"]
+    assert "failed after 3 message(s); the last 3 of them may not have reached" in caplog.text
+
+
+def test_messages_are_written_in_batches(beat_queue: str, monkeypatch: Any) -> None:
+    sizes = []
+    with app.producer_or_acquire() as producer:
+        batch = producer.batch
+
+        def recording(max_size: int) -> Any:
+            sizes.append(max_size)
+            return batch(max_size)
+
+        monkeypatch.setattr(producer, "batch", recording, raising=False)
+        send_to_schemas(app, fanout_entry(beat_queue), ["a", "b"], producer)
+        monkeypatch.undo()
+    assert sizes == [1000]
+    assert schemas_of(drain(beat_queue)) == ["a", "b"]
