@@ -7,7 +7,6 @@ from typing import Any
 from celery import Celery
 
 from .capture import headers_with_schema
-from .log import DEFAULT_TASK_LOG_FORMAT
 from .task import make_tenant_aware, tenant_aware_class
 
 
@@ -26,12 +25,12 @@ class CeleryApp(Celery):
 
     task_cls = "tenant_schemas_celery.task:TenantTask"
     registry_cls = "tenant_schemas_celery.registry:TenantTaskRegistry"
+    log_cls = "tenant_schemas_celery.log:TenantLogging"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Passed explicitly so that Celery's Django fix-up (before Celery 5.5) keeps it.
         kwargs.setdefault("task_cls", type(self).task_cls)
         super().__init__(*args, **kwargs)
-        self.add_defaults({"worker_task_log_format": DEFAULT_TASK_LOG_FORMAT})
 
     def _task_from_fun(self, fun: Any, name: Any = None, base: Any = None, **options: Any) -> Any:
         base = tenant_aware_class(base or self.Task)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import mmap
-import struct
 from typing import Any
 
 from celery import current_app
@@ -28,12 +27,13 @@ FORGET_COMMAND = "tenant_schemas_celery_forget"
 # One 8-byte counter in anonymous shared memory: created at import, before the
 # worker forks its pool, so the main process and all pool processes see the same one.
 _generation = mmap.mmap(-1, 8)
+_counter = memoryview(_generation).cast("Q")
 _seen_generation = [0]
 
 
 def generation() -> int:
     """Return how many invalidations this worker has received."""
-    value: int = struct.unpack_from("Q", _generation, 0)[0]
+    value: int = _counter[0]
     return value
 
 
@@ -65,6 +65,6 @@ def forget_everywhere(schema_name: str) -> None:
 @control_command(args=[("schema_name", str)], signature="<schema_name>")
 def tenant_schemas_celery_forget(state: Any, schema_name: str = "", **kwargs: Any) -> dict:
     """Remote-control command: forget cached tenants in this worker and its pool processes."""
-    struct.pack_into("Q", _generation, 0, generation() + 1)
+    _counter[0] = generation() + 1
     catch_up()
     return {"ok": f"forgot cached tenants ({schema_name or 'all'})"}

@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 from celery._state import get_current_task
+from celery.app.defaults import DEFAULTS
+from celery.app.log import Logging
 from celery.signals import after_setup_logger, after_setup_task_logger
 
 from .capture import current_schema_name
@@ -15,6 +17,18 @@ DEFAULT_TASK_LOG_FORMAT = (
     "[%(asctime)s: %(levelname)s/%(processName)s] "
     "%(task_name)s[%(task_id)s] schema=%(schema_name)s: %(message)s"
 )
+
+
+class TenantLogging(Logging):
+    """``CeleryApp``'s logging setup: Celery's, with the schema in the default task format.
+
+    A ``worker_task_log_format`` you configure is used as it is.
+    """
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        if getattr(self, "task_format", None) == DEFAULTS["worker_task_log_format"]:
+            self.task_format = DEFAULT_TASK_LOG_FORMAT
 
 
 class SchemaNameFilter(logging.Filter):

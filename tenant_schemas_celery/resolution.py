@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
@@ -40,8 +41,16 @@ def validate_schema_name(value: object) -> str:
     A valid name is a non-empty string of at most 63 bytes (UTF-8) that does not
     start with ``pg_`` and holds no quote, backslash, semicolon, NUL or line break.
     """
+    if type(value) is str:
+        return _validate_text(value)
     if not isinstance(value, str):
         raise InvalidSchemaName(value, f"expected a string, got {type(value).__name__}")
+    return _validate_text(str(value))
+
+
+@lru_cache(maxsize=4096)
+def _validate_text(value: str) -> str:
+    """Validate a ``str`` (valid names are remembered: the same few recur on every task)."""
     if not value:
         raise InvalidSchemaName(value, "it is empty")
     try:
