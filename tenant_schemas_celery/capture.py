@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from .conf import tenant_db_alias
@@ -16,9 +16,11 @@ SCHEMA_HEADER = "_schema_name"
 
 def current_schema_name() -> str | None:
     """Return the schema active on django-tenants' connection, or None without one."""
-    if not settings.configured:
+    try:
+        connection = connections[tenant_db_alias()]
+    except ImproperlyConfigured:  # Django settings are not configured in this process
         return None
-    return getattr(connections[tenant_db_alias()], "schema_name", None)
+    return getattr(connection, "schema_name", None)
 
 
 def headers_with_schema(headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
