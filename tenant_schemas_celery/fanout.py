@@ -48,7 +48,7 @@ BEAT_TASK_HEADER = "celery_beat_task"
 #: Broker operations buffered before a write, where kombu batches publishes (Redis).
 PUBLISH_BATCH_SIZE = 1000
 
-_HASH_RANGE = float(2**64)
+_HASH_BITS = 53  # a float's precision: offsets stay strictly below the window
 
 
 class FanoutEntry(Protocol):
@@ -77,7 +77,8 @@ def spread_offset(schema_name: str, window: float) -> float:
     if window <= 0:
         return 0.0
     digest = hashlib.blake2b(schema_name.encode("utf-8"), digest_size=8).digest()
-    return window * (int.from_bytes(digest, "big") / _HASH_RANGE)
+    fraction = (int.from_bytes(digest, "big") >> (64 - _HASH_BITS)) / 2**_HASH_BITS
+    return window * fraction
 
 
 def validate_spread(value: object) -> float:
