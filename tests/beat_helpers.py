@@ -69,6 +69,20 @@ def schemas_of(messages: list[dict[str, Any]]) -> list[str]:
     return sorted(message["_schema_name"] for message in messages)
 
 
+def every_tenant() -> list[str]:
+    """The tenants an entry without ``tenant_schemas`` goes to now: those with a schema.
+
+    Other test modules may have left tenants of their own in the session database.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT c.schema_name FROM public.{quote_ident(Client._meta.db_table)} c "
+            "JOIN pg_catalog.pg_namespace n ON n.nspname = c.schema_name "
+            "WHERE c.schema_name <> 'public' ORDER BY 1"
+        )
+        return [name for (name,) in cursor.fetchall()]
+
+
 def make_due(scheduler: Any) -> None:
     """Make every entry of ``scheduler`` due now (as if it last ran two days ago)."""
     long_ago = timezone.now() - timedelta(days=2)
