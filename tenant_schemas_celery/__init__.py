@@ -10,6 +10,10 @@ _EXPORTS = {
     "CeleryApp": "app",
     "TenantTask": "task",
     "headers_with_schema": "capture",
+    # Beat schedulers (TenantAwareDatabaseScheduler needs the "beat" extra)
+    "TenantAwareScheduler": "scheduler",
+    "TenantAwarePersistentScheduler": "scheduler",
+    "TenantAwareDatabaseScheduler": "db_scheduler",
     # Options and cache
     "SimpleCache": "cache",
     "tenant_cache": "cache",
