@@ -51,3 +51,17 @@ def test_tenant_save_in_this_process_drops_the_local_entry(tenants):
     tenant_cache.set("tenant2", tenants["tenant2"], 300)
     tenants["tenant2"].save()
     assert tenant_cache.get("tenant2") is None
+
+
+def test_broadcast_can_be_turned_off(monkeypatch):
+    from tenant_schemas_celery.invalidation import FORGET_COMMAND, forget_everywhere
+
+    sent = []
+    monkeypatch.setattr(app.control, "broadcast", lambda name, **kw: sent.append((name, kw)))
+    forget_everywhere("tenant1")
+    app.conf.task_tenant_cache_broadcast = False
+    try:
+        forget_everywhere("tenant2")
+    finally:
+        app.conf.task_tenant_cache_broadcast = None
+    assert sent == [(FORGET_COMMAND, {"arguments": {"schema_name": "tenant1"}})]

@@ -74,3 +74,15 @@ def test_tenant_task_on_plain_app_carries_the_schema(published):
     with schema_context("tenant2"):
         noop.delay()
     assert published == ["tenant2"]
+
+
+def test_the_schema_comes_from_tenant_db_alias():
+    from django.db import connections
+    from django.test import override_settings
+
+    connections["other"].set_schema("tenant2")
+    try:
+        with override_settings(TENANT_DB_ALIAS="other"):
+            assert headers_with_schema() == {"_schema_name": "tenant2"}
+    finally:
+        connections["other"].set_schema_to_public()
