@@ -17,16 +17,23 @@ from tests.workers import worker
 TIMEOUT = 30
 
 
+_published: list | None = None
+
+
+@before_task_publish.connect(weak=False)
+def _record(sender=None, headers=None, **kwargs):
+    # Connected once for the module: Celery before 5.5 caches the receivers list per app,
+    # so a receiver connected after a disconnect would not be seen.
+    if _published is not None:
+        _published.append((headers["_schema_name"], headers.get("eta")))
+
+
 @pytest.fixture
 def published():
-    seen: list = []
-
-    def receiver(sender=None, headers=None, **kwargs):
-        seen.append((headers["_schema_name"], headers.get("eta")))
-
-    before_task_publish.connect(receiver)
-    yield seen
-    before_task_publish.disconnect(receiver)
+    global _published
+    _published = []
+    yield _published
+    _published = None
 
 
 @pytest.fixture
