@@ -81,23 +81,9 @@ def setup_django(database: str) -> None:
 
 
 def admin_execute(statement: str) -> None:
-    import psycopg2
-    from django.conf import settings
+    from bench.project.db import admin_execute as execute_in_postgres_db
 
-    db = settings.DATABASES["default"]
-    admin = psycopg2.connect(
-        dbname="postgres",
-        user=db["USER"],
-        password=db["PASSWORD"],
-        host=db["HOST"],
-        port=db["PORT"],
-    )
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        admin.close()
+    execute_in_postgres_db(statement)
 
 
 def create_database(name: str) -> None:

@@ -15,7 +15,7 @@ def schema_names(count: int) -> list[str]:
     return [f"bench{index:03d}" for index in range(count)]
 
 
-def _admin_execute(statement: str, params: tuple[Any, ...] = ()) -> Any:
+def admin_execute(statement: str, params: tuple[Any, ...] = ()) -> Any:
     """Run one statement in the ``postgres`` database; return its first row, if any."""
     db: dict[str, Any] = settings.DATABASES["default"]
     admin = psycopg2.connect(
@@ -41,7 +41,7 @@ def sessions_opened() -> int:
     ends, so read it after the sessions of interest are closed.
     """
     name = settings.DATABASES["default"]["NAME"]
-    row = _admin_execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (name,))
+    row = admin_execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (name,))
     return int(row[0]) if row and row[0] is not None else 0
 
 
@@ -54,8 +54,8 @@ def create_database(tenants: int) -> list[str]:
 
     name = settings.DATABASES["default"]["NAME"]
     connections.close_all()
-    _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    _admin_execute(f'CREATE DATABASE "{name}"')
+    admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(f'CREATE DATABASE "{name}"')
     call_command("migrate_schemas", shared=True, verbosity=0)
     Note.objects.create(pk=1, text="public")
     names = schema_names(tenants)
@@ -72,4 +72,4 @@ def drop_database() -> None:
     """Drop the benchmark database (closing this process's connections first)."""
     connections.close_all()
     name = settings.DATABASES["default"]["NAME"]
-    _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
