@@ -72,7 +72,7 @@ def enter(task: Any) -> Activation:
         schema_name = schema_name_from_request(request, public)
         targets = [_tenant_connection(alias) for alias in tenant_databases(task)]
         for connection in targets:
-            _drop_if_broken(connection)
+            _drop_if_broken(connection, deferred)
         if schema_name != public:
             tenant = lookup_tenant(task, schema_name, tenant_cache_seconds(task))
     except Exception as exc:
@@ -141,17 +141,25 @@ def _tenant_connection(alias: str) -> Any:
     return connection
 
 
-def _drop_if_broken(connection: Any) -> None:
-    """Close a connection that failed earlier and no longer works (say, a restarted server).
+def _drop_if_broken(connection: Any, in_worker: bool) -> None:
+    """Close a connection that no longer works (say, after a PostgreSQL restart).
 
     Django checks this around web requests; a worker reusing its connections
-    (``CELERY_DB_REUSE_MAX``) would otherwise keep failing on a dead one.
+    (``CELERY_DB_REUSE_MAX``) would otherwise keep failing on a dead one. A connection
+    that failed earlier is checked here; with Django's ``CONN_HEALTH_CHECKS`` on, every
+    worker task also re-arms Django's own check (one ``SELECT 1`` at its first query, as
+    at the start of a web request), so even the first task after a restart runs.
     """
-    if connection.errors_occurred and connection.connection is not None:
+    if connection.connection is None:
+        return
+    if connection.errors_occurred:
         if connection.is_usable():
             connection.errors_occurred = False
         else:
             connection.close()
+            return
+    if in_worker and connection.health_check_enabled:
+        connection.health_check_done = False
 
 
 def _saved_states(targets: list[Any], deferred: bool) -> list[tuple[Any, _State]]:
