@@ -17,9 +17,10 @@ and after a change only for the schemas that changed. Changes are found without
 reading the schemas' tables: one statement compares PostgreSQL's activity counters
 of each schema's ``django_celery_beat_periodictasks`` table (which django-celery-beat
 updates on every change) and of its ``django_celery_beat_periodictask`` table (rows
-inserted or deleted). Those counters reach PostgreSQL's statistics within about a
-second of the commit (PostgreSQL 15+: up to 10 s when the writing connection had
-flushed its statistics less than a second before); Celery's full sync every 5
+inserted or deleted). A change made through the ORM reaches PostgreSQL's statistics
+when its transaction ends (see ``signals._publish_beat_change``); other writers' within
+about a second of the commit (PostgreSQL 15+: up to 10 s when the writing connection
+had flushed its statistics less than a second before). Celery's full sync every 5
 minutes reads every schema again whatever the counters say.
 """
 
