@@ -12,13 +12,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from .capture import SCHEMA_HEADER
-from .fanout import (
-    TenantTargets,
-    _options_for,
-    spread_offset,
-    validate_schema_list,
-    validate_spread,
-)
+from .exceptions import TenantConfigurationError, _short_repr
+from .fanout import TenantTargets, _options_for, spread_offset, validate_spread
+from .resolution import validate_schema_name
 
 
 def send_to_tenants(
@@ -32,20 +28,23 @@ def send_to_tenants(
     """Send ``task`` once per tenant; return each schema's ``AsyncResult``.
 
     Parameters:
-        tenants(Iterable | None): tenants or schema names (``"public"`` allowed); None
-            means every tenant of ``TenantAwareSchedulerMixin.get_queryset()``.
+        tenants(Iterable | None): tenants or schema names (``"public"`` allowed; one tenant
+            or name alone is a list of one); None means every tenant of
+            ``TenantAwareSchedulerMixin.get_queryset()``.
         spread_seconds(float): spread the sends over this window, each tenant at a
             stable offset (added to any ``countdown``). 0 sends them all now.
         options: ``apply_async`` options for every message.
 
     Raises:
         InvalidSchemaName: a schema name is not usable.
-        TenantConfigurationError: ``spread_seconds`` is not a number >= 0.
+        TenantConfigurationError: ``spread_seconds`` is not a number of seconds from 0 to
+            ``MAX_SPREAD_SECONDS``, or ``tenants`` is neither None, a tenant, a name nor
+            an iterable of them.
     """
     from .scheduler import TenantAwareSchedulerMixin
 
-    window = validate_spread(spread_seconds)
-    wanted = None if tenants is None else validate_schema_list([_schema_of(t) for t in tenants])
+    window = validate_spread(spread_seconds, "spread_seconds")
+    wanted = None if tenants is None else _schema_names(tenants)
     schemas = TenantTargets(TenantAwareSchedulerMixin.get_queryset).resolve(wanted)
     base = {**options, "headers": dict(options.get("headers") or {})}
     base["headers"].pop(SCHEMA_HEADER, None)
@@ -60,5 +59,14 @@ def send_to_tenants(
     return results
 
 
-def _schema_of(tenant: Any) -> Any:
-    return tenant if isinstance(tenant, str) else tenant.schema_name
+def _schema_names(tenants: Any) -> tuple[str, ...]:
+    """Return the valid schema names of ``tenants``, in order, without duplicates."""
+    if isinstance(tenants, str) or hasattr(tenants, "schema_name"):
+        tenants = (tenants,)
+    elif isinstance(tenants, (bytes, bytearray)) or not isinstance(tenants, Iterable):
+        raise TenantConfigurationError(
+            "tenants must be a tenant, a schema name, or an iterable of them, "
+            f"got {_short_repr(tenants)}."
+        )
+    names = (validate_schema_name(getattr(tenant, "schema_name", tenant)) for tenant in tenants)
+    return tuple(dict.fromkeys(names))

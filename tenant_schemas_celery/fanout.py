@@ -29,7 +29,7 @@ from django.db import connections
 from ._sql import closing_on_error, tenant_schemas_existing
 from .capture import SCHEMA_HEADER
 from .conf import public_schema_name
-from .exceptions import InvalidSchemaName, TenantConfigurationError
+from .exceptions import InvalidSchemaName, TenantConfigurationError, _short_repr
 from .resolution import validate_schema_name
 
 #: Celery's beat logger: our lines read in line with Celery's own.
@@ -47,6 +47,9 @@ BEAT_ONLY_HEADERS = frozenset({ALL_TENANTS_HEADER, SPREAD_HEADER})
 BEAT_TASK_HEADER = "celery_beat_task"
 #: Broker operations buffered before a write, where kombu batches publishes (Redis).
 PUBLISH_BATCH_SIZE = 1000
+#: Longest spread window (one year): a countdown beyond it is a mistake, and Celery could
+#: not even compute the ETA of an infinite or huge one (``OverflowError`` at every send).
+MAX_SPREAD_SECONDS = 365 * 24 * 3600
 
 _HASH_BITS = 53  # a float's precision: offsets stay strictly below the window
 
@@ -81,17 +84,22 @@ def spread_offset(schema_name: str, window: float) -> float:
     return window * fraction
 
 
-def validate_spread(value: object) -> float:
-    """Return ``value`` as a number of seconds >= 0 (None means 0).
+def validate_spread(value: object, option: str = "tenant_spread_seconds") -> float:
+    """Return ``value`` as a number of seconds from 0 to ``MAX_SPREAD_SECONDS`` (None means 0).
 
     Raises:
-        TenantConfigurationError: ``value`` is not a number >= 0.
+        TenantConfigurationError: ``value`` is not such a number (``option`` names it).
     """
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value <= MAX_SPREAD_SECONDS
+    ):
         raise TenantConfigurationError(
-            f"tenant_spread_seconds must be a number of seconds >= 0, got {value!r}."
+            f"{option} must be a number of seconds from 0 to {MAX_SPREAD_SECONDS} (one year), "
+            f"got {_short_repr(value)}."
         )
     return float(value)
 
@@ -100,16 +108,24 @@ def validate_schema_list(value: object) -> tuple[str, ...]:
     """Return ``tenant_schemas`` as a tuple of valid schema names (a string is one name).
 
     Raises:
-        InvalidSchemaName: an item is not a usable schema name.
-        TenantConfigurationError: ``value`` is not a list of names.
+        TenantConfigurationError: ``value`` is not a list of names, or an item is not a
+            usable schema name.
     """
     if isinstance(value, str):
         value = (value,)
     if not isinstance(value, (list, tuple, set, frozenset)):
         raise TenantConfigurationError(
-            f"tenant_schemas must be a list of schema names, got {value!r}."
+            f"tenant_schemas must be a list of schema names, got {_short_repr(value)}."
         )
-    return tuple(dict.fromkeys(validate_schema_name(item) for item in value))
+    names = []
+    for item in value:
+        try:
+            names.append(validate_schema_name(item))
+        except InvalidSchemaName as exc:
+            raise TenantConfigurationError(
+                f"tenant_schemas holds {_short_repr(item)}, not a usable schema name: {exc.reason}."
+            ) from exc
+    return tuple(dict.fromkeys(names))
 
 
 def valid_schema_names(names: Iterable[str], rejected: OnceLog | None = None) -> list[str]:

@@ -113,8 +113,8 @@ def expand_entry(name: str, fields: Mapping[str, Any]) -> dict[str, dict[str, An
     their name and run once, in public.
 
     Raises:
-        InvalidSchemaName: a ``tenant_schemas`` item is not a usable schema name.
-        TenantConfigurationError: ``tenant_schemas`` or ``tenant_spread_seconds`` is malformed.
+        TenantConfigurationError: ``tenant_schemas`` or ``tenant_spread_seconds`` is malformed
+            (the message names the option and what is wrong with it).
 
     Example:
         >>> sorted(expand_entry("report", {"task": "t", "schedule": 60, "tenant_schemas": ["a"]}))

@@ -7,7 +7,7 @@ from celery.signals import before_task_publish
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tenant_schemas_celery.exceptions import InvalidSchemaName
+from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
 from tenant_schemas_celery.fanout import spread_offset
 from tests.conftest import BROKERS
 from tests.project.customers.models import Client
@@ -76,3 +76,28 @@ def test_spread_is_stable_per_tenant(tenants, published):
 def test_invalid_names_are_refused(tenants):
     with pytest.raises(InvalidSchemaName):
         tasks.whereami.delay_for_tenants(tenants=['x"; DROP SCHEMA public; --'])
+
+
+def test_a_name_or_tenant_alone_is_one_target(tenants, published):
+    # A string used to be iterated: one (skipped) "schema" per character, nothing sent
+    assert sorted(tasks.whereami.delay_for_tenants(tenants="tenant2")) == ["tenant2"]
+    assert sorted(tasks.whereami.delay_for_tenants(tenants=tenants["tenant1"])) == ["tenant1"]
+    assert sorted(schema for schema, _ in published) == ["tenant1", "tenant2"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"tenants": 5}, TenantConfigurationError, "tenants must be a tenant, a schema name"),
+        ({"tenants": b"tenant1"}, TenantConfigurationError, "tenants must be a tenant"),
+        ({"tenants": [5]}, InvalidSchemaName, "expected a string, got int"),
+        ({"tenants": [None]}, InvalidSchemaName, "expected a string, got NoneType"),
+        ({"spread_seconds": float("inf")}, TenantConfigurationError, "spread_seconds must be"),
+        ({"spread_seconds": 1e12}, TenantConfigurationError, "spread_seconds must be"),
+    ],
+)
+def test_bad_arguments_raise_before_sending(tenants, published, arguments, error, message):
+    with pytest.raises(error) as raised:
+        tasks.whereami.apply_async_for_tenants(**arguments)
+    assert message in str(raised.value)
+    assert published == []

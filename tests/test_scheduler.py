@@ -14,7 +14,7 @@ import pytest
 from celery.beat import ScheduleEntry
 from django.utils import timezone
 
-from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
+from tenant_schemas_celery.exceptions import TenantConfigurationError
 from tenant_schemas_celery.fanout import spread_offset
 from tenant_schemas_celery.scheduler import (
     TenantAwarePersistentScheduler,
@@ -89,11 +89,16 @@ def test_celery_builtin_tasks_run_once_in_public() -> None:
 @pytest.mark.parametrize(
     ("fields", "error"),
     [
-        ({"tenant_schemas": ["pg_catalog"]}, InvalidSchemaName),
-        ({"tenant_schemas": ["a'b"]}, InvalidSchemaName),
+        ({"tenant_schemas": ["pg_catalog"]}, TenantConfigurationError),
+        ({"tenant_schemas": ["a'b"]}, TenantConfigurationError),
         ({"tenant_schemas": 3}, TenantConfigurationError),
         ({"tenant_spread_seconds": -1}, TenantConfigurationError),
         ({"tenant_spread_seconds": "300"}, TenantConfigurationError),
+        # Celery cannot compute these ETAs: OverflowError at every send before the cap
+        ({"tenant_spread_seconds": float("inf")}, TenantConfigurationError),
+        ({"tenant_spread_seconds": 1e12}, TenantConfigurationError),
+        ({"tenant_spread_seconds": 10**400}, TenantConfigurationError),
+        ({"tenant_spread_seconds": 365 * 24 * 3600 + 1}, TenantConfigurationError),
     ],
 )
 def test_malformed_tenant_options_are_rejected(fields: dict[str, Any], error: type) -> None:
@@ -111,7 +116,28 @@ def test_a_bad_entry_is_logged_and_the_others_are_kept(beat_queue: str, caplog: 
     scheduler = started(schedule)
     assert "good@public" in scheduler.schedule
     assert not [name for name in scheduler.schedule if name.startswith("bad")]
-    assert "beat: Ignoring schedule entry 'bad'" in caplog.text
+    assert "beat: Ignoring schedule entry 'bad': tenant_schemas holds \"no'quote\", not a " in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"tenant_schemas": ["tenant1", ["x"]]}, "tenant_schemas holds ['x'], not a usable"),
+        ({"tenant_spread_seconds": float("inf")}, "tenant_spread_seconds must be a number"),
+    ],
+)
+def test_errors_name_the_entry_and_the_option(
+    beat_queue: str, caplog: Any, fields: dict[str, Any], error: str
+) -> None:
+    scheduler = started({"bad": entry(beat_queue, **fields)})
+    run_due(scheduler)
+    assert drain(beat_queue) == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"beat: Ignoring schedule entry 'bad': {error}"
+    )
 
 
 # Sending --------------------------------------------------------------------------------
