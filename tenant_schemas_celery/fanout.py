@@ -234,7 +234,7 @@ def send_to_schemas(
         return []
     sender = _sender(app, entry)
     base = _base_options(entry.options)
-    window = entry.tenant_spread_seconds
+    window = getattr(entry, "tenant_spread_seconds", 0.0)  # entries of other classes: none
     sent: list[str] = []
     try:
         with app.producer_or_acquire(producer) as shared, _batched(shared):

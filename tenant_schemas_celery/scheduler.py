@@ -29,6 +29,7 @@ from .fanout import (
     validate_schema_list,
     validate_spread,
 )
+from .resolution import validate_schema_name
 
 if TYPE_CHECKING:
     from celery.beat import Scheduler as _SchedulerBase
@@ -156,7 +157,7 @@ def entry_targets(entry: Any) -> tuple[str, ...] | None:
         targets: tuple[str, ...] | None = entry.tenant_schemas
         return targets
     schema_name = (entry.options.get("headers") or {}).get(SCHEMA_HEADER)
-    return None if schema_name is None else validate_schema_list(schema_name)
+    return None if schema_name is None else (validate_schema_name(schema_name),)
 
 
 class TenantAwareSchedulerMixin(_SchedulerBase):

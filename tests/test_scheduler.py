@@ -221,6 +221,20 @@ def test_spread_gives_each_tenant_a_stable_offset(beat_queue: str) -> None:
     assert etas[0].keys() == set(every_tenant())
 
 
+def test_entries_of_other_classes_go_to_their_schema_header(beat_queue: str) -> None:
+    # Celery's own ScheduleEntry has no tenant options: it runs where its header says
+    plain = ScheduleEntry(
+        name="plain",
+        task=TASK,
+        schedule=timedelta(hours=1),
+        options={"queue": beat_queue, "headers": {"_schema_name": "tenant1"}},
+        app=app,
+    )
+    scheduler = started({"plain": plain})
+    run_due(scheduler)
+    assert schemas_of(drain(beat_queue)) == ["tenant1"]
+
+
 def test_failing_entry_is_logged_and_the_others_are_sent(beat_queue: str, caplog: Any) -> None:
     # Given an entry whose arguments cannot be serialized
     schedule = {
