@@ -1,0 +1,735 @@
+"""Every fenced code block of README.md, run or checked against the test project.
+
+The README is parsed here (``readme_blocks``) and the tests run the README's own text, so
+a test fails when an example stops working (import path, class or setting name,
+behaviour). Each block is named by the HTML comment ``<!-- test: NAME -->`` on the line
+before its opening fence; ``test_every_block_is_named_and_exercised`` fails when a block
+has no name or no test here (a new example needs one), or a test names a block that is gone.
+
+How the blocks run:
+
+* The Python examples of "Usage" and the task examples after them are written, as they
+  are, into a temporary project (``project_files``: ``myproject/celery.py`` is the
+  quickstart app, ``myproject/tasks.py`` its tasks, ...). This process imports it to send
+  tasks; a real worker runs them, started with the README's own command line
+  (``celery -A myproject.celery worker``) plus the test's options (solo pool, ``-I`` for
+  the example modules and ``tests/readme_observer.py``, which records the schema of every
+  connection for each run). The README's send example (``my_task.delay()``) is run in
+  tenant schemas.
+* Examples about sending (the one-call dispatcher, ``beat_schedule``, the schedulers, the
+  django-celery-beat rows) run in this process; their messages go to a scratch queue and
+  are read back from Redis.
+* Shell blocks: ``celery`` command lines are parsed by Celery's own command line (the
+  options must exist where they are written) and the scheduler paths they name are
+  imported as ``celery beat`` imports them, then used by the behaviour tests. The other
+  commands are checked against what they name: the package and its requirement, the
+  Makefile's ``demo`` target and the demo's settings, ``bench/beat.py``'s arguments, the
+  package's extras and the pytest configuration.
+
+What the tests add to the README's text, and nothing else:
+
+* the quickstart blocks are indented by three spaces (as upstream): blocks are dedented;
+* blocks that use ``app`` without importing it run with the quickstart's ``app`` (as a
+  module: ``from myproject.celery import app`` first); the one-call dispatcher continues
+  the dispatcher block, so it also gets ``from myproject.jobs import
+  reset_remaining_jobs_in_schema``;
+* the value of a block's last expression (``my_task.delay()``) is kept, as in a REPL;
+* the quickstart app gets the tests' broker, result backend and queue (the worker: its
+  Django settings are ``tests/readme_settings.py``, which also adds the ``reporting``
+  database alias of the multiple-databases example), and the task names of the beat
+  examples (``myapp.tasks.*``, ``my_app.tasks.*``) are routed to the scratch queue;
+* the test project's tenant model has no ``ready`` flag: for the readiness example, the
+  base queryset of the schedulers gets one as an annotation (only ``tenant2`` is ready);
+* the django-celery-beat example writes to a schema named ``tenant``: the test makes one.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import runpy
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from celery import _state as celery_state
+from celery.beat import Scheduler
+from celery.bin.base import CLIContext
+from celery.bin.celery import celery as celery_cli
+from celery.utils.imports import symbol_by_name
+from django.conf import settings
+from django.db import connection
+from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_tenants.utils import schema_context
+
+from tenant_schemas_celery.app import CeleryApp
+from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
+from tenant_schemas_celery.fanout import spread_offset
+from tenant_schemas_celery.scheduler import (
+    TenantAwarePersistentScheduler,
+    TenantAwareScheduler,
+    TenantAwareSchedulerMixin,
+)
+from tenant_schemas_celery.task import TenantTask
+from tests import beat_helpers
+from tests.beat_helpers import drain, every_tenant, flush_stats, make_due, run_due, sql_tenants
+from tests.conftest import BROKERS
+from tests.project.celery import app as tests_app
+from tests.project.customers.models import Client
+from tests.readme_observer import runs_db
+from tests.workers import ROOT, CeleryProcess
+
+README = ROOT / "README.md"
+TIMEOUT = 30
+RUN_ID = uuid.uuid4().hex[:8]
+QUEUE = f"tsc-readme-{RUN_ID}"  # the queue of the README's worker
+SCRATCH_QUEUE = f"tsc-readme-scratch-{RUN_ID}"  # messages read back, never run
+RUNS_KEY = f"tsc-tests:readme-runs:{RUN_ID}"
+#: Task names the beat examples schedule (no such tasks exist): sent to the scratch queue.
+SCRATCH_TASKS = re.compile(r"^(myapp|my_app)\.tasks\.")
+#: Tasks that a test sends to the scratch queue, to read their messages back.
+scratch_routed: set[str] = set()
+
+beat_db = beat_helpers.beat_db
+
+
+# Reading the README ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """A fenced code block of the README: its name, language, code (dedented) and line."""
+
+    name: str | None
+    language: str
+    code: str
+    line: int  # of the opening fence, 1-based
+
+    def commands(self) -> list[list[str]]:
+        """The block's shell commands, split into words; prompts (``$``) and comments dropped."""
+        commands = []
+        for text in self.code.splitlines():
+            text = text.strip()
+            text = text[1:] if text.startswith("$ ") else text
+            for command in text.split("&&"):
+                words = shlex.split(command, comments=True)
+                if words:
+                    commands.append(words)
+        return commands
+
+
+FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
+MARKER = re.compile(r"^ *<!-- test: (?P<name>[a-z0-9-]+) -->$")
+
+
+def readme_blocks(text: str) -> list[Block]:
+    """Return the fenced code blocks of a Markdown text (CommonMark's fences, any indent).
+
+    A block's lines lose the indentation of its opening fence (as in CommonMark), then
+    their common indentation. Its name is that of a ``<!-- test: NAME -->`` comment on
+    the line just before the fence.
+    """
+    lines = text.splitlines()
+    blocks = []
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        indent, fence = len(opening["indent"]), opening["fence"]
+        body: list[str] = []
+        end = index + 1
+        while True:
+            if end == len(lines):
+                raise AssertionError(f"README.md:{index + 1}: code block never closed")
+            closing = lines[end].strip()
+            if closing.startswith(fence) and set(closing) == {fence[0]}:
+                break
+            line = lines[end]
+            body.append(line[min(indent, len(line) - len(line.lstrip(" "))) :])
+            end += 1
+        marker = MARKER.match(lines[index - 1]) if index else None
+        info = opening["info"].split()
+        blocks.append(
+            Block(
+                name=marker["name"] if marker else None,
+                language=info[0] if info else "",
+                code=textwrap.dedent("\n".join(body)) + "\n",
+                line=index + 1,
+            )
+        )
+        index = end + 1
+    return blocks
+
+
+BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+EXERCISED: set[str] = set()
+
+
+def exercises(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a test as exercising the README blocks ``names``."""
+    EXERCISED.update(names)
+    return lambda test: test
+
+
+def block(name: str) -> Block:
+    found = [b for b in BLOCKS if b.name == name]
+    assert len(found) == 1, f"README.md has {len(found)} blocks named {name!r}"
+    return found[0]
+
+
+def run_python(code_block: Block, namespace: dict[str, Any] | None = None) -> Any:
+    """Run a Python block in ``namespace``; return the value of its last expression, if any.
+
+    Tracebacks point at README.md's lines.
+    """
+    tree = ast.parse(code_block.code)
+    ast.increment_lineno(tree, code_block.line)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    namespace = {} if namespace is None else namespace
+    exec(compile(tree, str(README), "exec"), namespace)
+    if last is None:
+        return None
+    expression = ast.Expression(last.value)
+    return eval(compile(expression, str(README), "eval"), namespace)
+
+
+def celery_command(words: list[str]) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Parse a ``celery`` command line as Celery's CLI does, without running it.
+
+    Returns the global options (``app`` is ``-A``), the sub-command and its options.
+    """
+    assert words[0] == "celery", words
+    obj = CLIContext(app=tests_app, no_color=True, workdir=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # click's protected_args
+        context = celery_cli.make_context("celery", words[1:], obj=obj)
+        rest = [*getattr(context, "protected_args", ()), *context.args]
+    name, command, arguments = celery_cli.resolve_command(context, rest)
+    assert name is not None and command is not None, words
+    sub = command.make_context(name, arguments, parent=context)
+    return context.params, name, sub.params
+
+
+def scheduler_of(words: list[str]) -> type:
+    """The scheduler class a ``celery beat --scheduler=...`` command line names, imported."""
+    _, name, options = celery_command(words)
+    assert name == "beat"
+    scheduler = symbol_by_name(options["scheduler"])  # as celery beat loads it
+    assert isinstance(scheduler, type) and issubclass(scheduler, Scheduler), scheduler
+    return scheduler
+
+
+# The README's project --------------------------------------------------------------------
+
+
+def _route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+    if SCRATCH_TASKS.match(name) or name in scratch_routed:
+        return {"queue": SCRATCH_QUEUE}
+    return None
+
+
+@dataclass
+class Project:
+    """The README's examples as a project: files on disk, imported in this process."""
+
+    root: Path
+    app: CeleryApp
+    modules: dict[str, ModuleType]
+
+
+APP_IMPORT = "from myproject.celery import app\n"
+
+
+def project_files() -> dict[str, str]:
+    """The temporary project's files: path -> text, made of README blocks (see the docstring)."""
+    readiness = block("readiness-scheduler").code
+    return {
+        "myproject/__init__.py": "",
+        "myproject/celery.py": block("usage-app").code,
+        "myproject/tasks.py": block("usage-tasks").code,
+        "myproject/reports.py": APP_IMPORT + block("multiple-databases").code,
+        "myproject/caching.py": APP_IMPORT + block("tenant-cache").code,
+        "myproject/jobs.py": APP_IMPORT + block("dispatcher").code,
+        "myproject/jobs_one_call.py": APP_IMPORT
+        + "from myproject.jobs import reset_remaining_jobs_in_schema\n"
+        + block("dispatcher-one-call").code,
+        "tenants_app/__init__.py": "",
+        readiness.splitlines()[0].lstrip("# "): readiness,  # its first line says where it goes
+    }
+
+
+#: The modules the worker imports (``-I``), next to the quickstart app (``-A``).
+WORKER_MODULES = ("myproject.tasks", "myproject.reports", "myproject.jobs")
+
+
+@pytest.fixture(scope="module")
+def project(database: None, tmp_path_factory: Any) -> Iterator[Project]:
+    root = tmp_path_factory.mktemp("readme-project")
+    for path, text in project_files().items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text, encoding="utf-8")
+    previous_app = celery_state.get_current_app()
+    sys.path.insert(0, str(root))
+    try:
+        from myproject.celery import app  # the quickstart
+
+        app.conf.broker_url = BROKERS["redis"]
+        app.conf.result_backend = settings.CELERY_RESULT_BACKEND
+        app.conf.task_default_queue = QUEUE
+        app.conf.task_routes = (_route,)
+        names = ("myproject.tasks", "myproject.reports", "myproject.caching", "myproject.jobs")
+        modules = {name: importlib.import_module(name) for name in names}
+        yield Project(root, app, modules)
+    finally:
+        sys.path.remove(str(root))
+        for name in list(sys.modules):
+            if name.split(".")[0] in ("myproject", "tenants_app"):
+                del sys.modules[name]
+        previous_app.set_current()  # creating the quickstart app made it the current app
+        for queue in (QUEUE, SCRATCH_QUEUE):
+            beat_helpers.broker().delete(queue, f"_kombu.binding.{queue}")
+
+
+@pytest.fixture(scope="module")
+def readme_worker(project: Project) -> Iterator[CeleryProcess]:
+    """``celery -A myproject.celery worker`` as the README writes it, plus test options."""
+    (words,) = block("usage-worker").commands()
+    options = ["-P", "solo", "-c", "1", "-n", f"tsc-readme-{RUN_ID}@%h", "-l", "INFO",
+               "--without-gossip", "--without-mingle", "--without-heartbeat",
+               "-I", ",".join(("tests.readme_observer", *WORKER_MODULES))]  # fmt: skip
+    env = {
+        "PYTHONPATH": os.pathsep.join((str(ROOT), str(project.root))),
+        "DJANGO_SETTINGS_MODULE": "tests.readme_settings",
+        "CELERY_BROKER_URL": BROKERS["redis"],  # what `celery -b` sets
+        "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
+        "TSC_README_RUNS": RUNS_KEY,
+        "TSC_README_QUEUE": QUEUE,
+    }
+    process = CeleryProcess([*words[1:], *options], env, ready=" ready.").start()
+    yield process
+    process.stop()
+    runs_db().delete(RUNS_KEY)
+
+
+def recorded_runs(done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    """The runs the README's worker recorded, once ``done(runs)`` (or after ``TIMEOUT``).
+
+    A run is recorded by a ``task_postrun`` receiver, after its result is stored.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        recorded = [json.loads(raw) for raw in runs_db().lrange(RUNS_KEY, 0, -1)]
+        if done(recorded) or time.monotonic() > deadline:
+            return recorded
+        time.sleep(0.05)
+
+
+def runs_of_task(task: str, count: int) -> list[dict[str, Any]]:
+    """Wait for ``count`` recorded runs of ``task``; return its runs."""
+    return [
+        run
+        for run in recorded_runs(lambda runs: sum(r["task"] == task for r in runs) >= count)
+        if run["task"] == task
+    ]
+
+
+def run_of(task_id: str) -> dict[str, Any]:
+    """The recorded run of task ``task_id``."""
+    (run,) = [
+        run
+        for run in recorded_runs(lambda runs: any(r["id"] == task_id for r in runs))
+        if run["id"] == task_id
+    ]
+    return run
+
+
+def printed_by(worker: CeleryProcess, task_id: str) -> list[str]:
+    """What task ``task_id`` printed: the worker logs a task's standard output as warnings."""
+    lines = worker.log().splitlines()
+    start = next(i for i, line in enumerate(lines) if f"[{task_id}] received" in line)
+    end = next(i for i, line in enumerate(lines) if f"[{task_id}] succeeded" in line)
+    marker = "WARNING/MainProcess] "
+    return [line.split(marker, 1)[1] for line in lines[start:end] if marker in line]
+
+
+def send_in(schema_name: str) -> Any:
+    """Run the README's send example (``my_task.delay()``) in ``schema_name``."""
+    with schema_context(schema_name):
+        return run_python(block("usage-send"))
+
+
+@contextlib.contextmanager
+def beat_schedule_of(app: CeleryApp) -> Iterator[None]:
+    previous = app.conf.beat_schedule
+    try:
+        yield
+    finally:
+        app.conf.beat_schedule = previous
+
+
+# Coverage of the README ------------------------------------------------------------------
+
+
+def test_every_block_is_named_and_exercised() -> None:
+    unnamed = [f"README.md:{b.line}" for b in BLOCKS if b.name is None]
+    assert not unnamed, f"code blocks without a <!-- test: NAME --> line before: {unnamed}"
+    names = [b.name for b in BLOCKS]
+    assert len(names) == len(set(names)), "two blocks have the same name"
+    assert set(names) - EXERCISED == set(), "README blocks that no test here exercises"
+    assert EXERCISED - set(names) == set(), "tests exercise blocks the README no longer has"
+    assert {b.language for b in BLOCKS} == {"python", "bash"}
+
+
+def test_blocks_are_read_from_the_markdown() -> None:
+    text = (
+        "Intro\n\n<!-- test: a -->\n```python\n   x = 1\n   y = 2\n```\n\n"
+        "1. item\n\n    <!-- test: b -->\n    ```bash\n    $ celery  # c\n    ```\n"
+        "```\n```\n"
+    )
+    a, b, anonymous = readme_blocks(text)
+    assert (a.name, a.language, a.code, a.line) == ("a", "python", "x = 1\ny = 2\n", 4)
+    assert (b.name, b.language, b.commands()) == ("b", "bash", [["celery"]])
+    assert (anonymous.name, anonymous.code) == (None, "\n")
+    assert run_python(a) is None
+    assert run_python(Block("c", "python", "x = 1\nx + 1\n", 1)) == 2
+
+
+# Installation ----------------------------------------------------------------------------
+
+
+@exercises("install")
+def test_install_names_this_package_and_its_django_tenants_requirement() -> None:
+    commands = block("install").commands()
+    assert [words[:2] for words in commands] == [["pip", "install"]] * 2
+    package, requirement = (words[2] for words in commands)
+    assert metadata.metadata(package)["Name"] == "tenant-schemas-celery"  # this project
+    required = [re.split(r"[<>=!~; \[]", r)[0].lower() for r in metadata.requires(package) or ()]
+    assert requirement in required
+    assert metadata.version(requirement)
+
+
+# Usage: the quickstart, its tasks, its worker, sending --------------------------------------
+
+
+@exercises("usage-app")
+@pytest.mark.integration
+def test_quickstart_app_is_a_tenant_aware_app_configured_from_django(
+    project: Project, readme_worker: CeleryProcess
+) -> None:
+    app = project.app
+    assert isinstance(app, CeleryApp)
+    # config_from_object('django.conf:settings'): the configuration is the Django settings
+    assert app.conf["TENANT_MODEL"] == settings.TENANT_MODEL
+    # autodiscover_tasks(lambda: settings.INSTALLED_APPS): the worker imported the tasks
+    # module of an installed app (nothing else imports it there), so its shared task is listed
+    assert "  . tests.project.notes.tasks.shared_whereami\n" in readme_worker.log()
+
+
+@exercises("usage-worker")
+def test_worker_command_line_is_celerys(project: Project) -> None:
+    (words,) = block("usage-worker").commands()
+    options, name, _ = celery_command(words)
+    assert name == "worker"
+    assert options["app"] == "myproject.celery"
+    assert (project.root / "myproject" / "celery.py").read_text() == block("usage-app").code
+
+
+@exercises("usage-tasks", "usage-send")
+@pytest.mark.integration
+def test_my_task_runs_in_the_schema_it_was_sent_from(
+    project: Project, readme_worker: CeleryProcess, tenants: Any
+) -> None:
+    my_task = project.modules["myproject.tasks"].my_task
+    assert isinstance(my_task, TenantTask)
+    # When the README's send example runs in each schema
+    sent = {schema_name: send_in(schema_name) for schema_name in ("tenant1", "tenant2", "public")}
+    # Then the worker ran each in that schema, and the body printed it
+    for schema_name, result in sent.items():
+        assert result.get(timeout=TIMEOUT) is None
+        run = run_of(result.id)
+        assert run["task"] == "myproject.tasks.my_task"
+        assert run["schemas"]["default"] == schema_name
+        assert printed_by(readme_worker, result.id) == [schema_name], readme_worker.log()
+
+
+@exercises("usage-tasks")
+@pytest.mark.integration
+def test_shared_task_with_tenant_task_base_runs_in_its_tenant(
+    project: Project, readme_worker: CeleryProcess, tenants: Any
+) -> None:
+    my_shared_task = project.modules["myproject.tasks"].my_shared_task
+    assert isinstance(my_shared_task, TenantTask)
+    assert my_shared_task._get_app() is project.app
+    with schema_context("tenant2"):
+        result = my_shared_task.delay()
+    assert result.get(timeout=TIMEOUT) is None
+    assert run_of(result.id)["schemas"]["default"] == "tenant2"
+    assert printed_by(readme_worker, result.id) == ["foo"]
+
+
+# Options ---------------------------------------------------------------------------------
+
+
+@exercises("multiple-databases")
+@pytest.mark.integration
+def test_tenant_databases_switches_the_listed_aliases_only(
+    project: Project, readme_worker: CeleryProcess, tenants: Any
+) -> None:
+    build_report = project.modules["myproject.reports"].build_report
+    assert build_report.tenant_databases == ("default", "reporting")  # aliases of the worker
+    with schema_context("tenant1"):
+        result = build_report.delay()
+    assert result.get(timeout=TIMEOUT) is None
+    assert run_of(result.id)["schemas"] == {
+        "default": "tenant1",
+        "reporting": "tenant1",
+        "other": "public",
+        "untouched": "public",
+    }
+
+
+@exercises("tenant-cache")
+def test_tenant_cache_seconds_reuses_the_tenant(project: Project, tenants: Any) -> None:
+    some_task = project.modules["myproject.caching"].some_task
+    assert some_task.tenant_cache_seconds == 30
+    lookups = []
+    with schema_context("tenant1"):
+        for _ in range(2):
+            with CaptureQueriesContext(connection) as queries:
+                some_task.apply().get()
+            lookups.append(sum('"customers_client"' in q["sql"] for q in queries))
+    assert lookups == [1, 0]
+
+
+# Celery beat: dispatcher pattern ---------------------------------------------------------
+
+
+@exercises("dispatcher")
+@pytest.mark.integration
+def test_dispatcher_sends_the_task_in_every_tenant(
+    project: Project, readme_worker: CeleryProcess, tenants: Any
+) -> None:
+    jobs = project.modules["myproject.jobs"]
+    expected = sorted(
+        Client.objects.exclude(schema_name="public").values_list("schema_name", flat=True)
+    )
+    # Beat would send the dispatch task from public
+    result = jobs.reset_remaining_jobs_in_all_schemas.delay()
+    assert result.get(timeout=TIMEOUT) is None
+    assert run_of(result.id)["schemas"]["default"] == "public"
+    per_schema = runs_of_task("myproject.jobs.reset_remaining_jobs_in_schema", len(expected))
+    assert sorted(run["schemas"]["default"] for run in per_schema) == expected
+    assert {run["state"] for run in per_schema} == {"SUCCESS"}
+
+
+@exercises("dispatcher-one-call")
+def test_delay_for_tenants_dispatcher_spreads_over_ready_tenants(
+    project: Project, tenants: Any
+) -> None:
+    module = importlib.import_module("myproject.jobs_one_call")
+    inner = "myproject.jobs.reset_remaining_jobs_in_schema"
+    scratch_routed.add(inner)
+    try:
+        before = timezone.now()
+        module.reset_remaining_jobs_in_all_schemas.apply().get()
+        after = timezone.now()
+    finally:
+        scratch_routed.discard(inner)
+    messages = drain(SCRATCH_QUEUE)
+    assert {m["task"] for m in messages} == {inner}
+    assert sorted(m["_schema_name"] for m in messages) == every_tenant()
+    for message in messages:
+        offset = timedelta(seconds=spread_offset(message["_schema_name"], 600))
+        assert_between(datetime.fromisoformat(message["eta"]) - offset, before, after)
+
+
+def assert_between(moment: datetime, earliest: datetime, latest: datetime) -> None:
+    rounding = timedelta(microseconds=1)  # timedelta(seconds=float) rounds to microseconds
+    assert earliest - rounding <= moment <= latest + rounding, (earliest, moment, latest)
+
+
+# Celery beat: schedulers -----------------------------------------------------------------
+
+
+@exercises("custom-scheduler-beat", "beat-schedule")
+@pytest.mark.parametrize("line", [0, 1])
+def test_beat_schedule_with_each_scheduler(project: Project, line: int, tmp_path: Path) -> None:
+    words = block("custom-scheduler-beat").commands()[line]
+    scheduler_cls = scheduler_of(words)
+    assert scheduler_cls is (TenantAwareScheduler, TenantAwarePersistentScheduler)[line]
+    app = project.app
+    with beat_schedule_of(app):
+        run_python(block("beat-schedule"), {"app": app})
+        scheduler = scheduler_cls(app=app, schedule_filename=str(tmp_path / "schedule"))
+    try:
+        names = {name for name in scheduler.schedule if not name.startswith("celery.")}
+        assert names == {"my-task@public", "nightly-report@__all_tenants_only__"}
+        make_due(scheduler)
+        before = timezone.now()
+        run_due(scheduler)
+        after = timezone.now()
+    finally:
+        scheduler.close()
+    messages = drain(SCRATCH_QUEUE)
+    my_task = [m for m in messages if m["task"] == "myapp.tasks.my_task"]
+    nightly = [m for m in messages if m["task"] == "myapp.tasks.nightly_report"]
+    assert len(my_task) + len(nightly) == len(messages)
+    assert [m["_schema_name"] for m in my_task] == ["public"]
+    assert sorted(m["_schema_name"] for m in nightly) == every_tenant()
+    for message in nightly:  # spread over 30 minutes; expires one hour after its own start
+        eta = datetime.fromisoformat(message["eta"])
+        offset = timedelta(seconds=spread_offset(message["_schema_name"], 1800))
+        assert_between(eta - offset, before, after)
+        expires = datetime.fromisoformat(message["expires"])
+        assert_between(expires - timedelta(hours=1), eta, eta)
+
+
+@exercises("readiness-scheduler", "readiness-beat")
+def test_readiness_subclass_sends_to_ready_tenants_only(project: Project, monkeypatch: Any) -> None:
+    (words,) = block("readiness-beat").commands()
+    scheduler_cls = scheduler_of(words)  # imports tenants_app/scheduler.py, the README's block
+    assert scheduler_cls.__module__ == "tenants_app.scheduler"
+    assert issubclass(scheduler_cls, TenantAwareScheduler)
+    # Give the tenant model its `ready` flag: only tenant2 is ready
+    base = TenantAwareSchedulerMixin.get_queryset
+    ready = ExpressionWrapper(Q(schema_name="tenant2"), output_field=BooleanField())
+    monkeypatch.setattr(
+        TenantAwareSchedulerMixin,
+        "get_queryset",
+        classmethod(lambda cls: base().annotate(ready=ready)),
+    )
+    assert list(scheduler_cls.get_queryset().values_list("schema_name", flat=True)) == ["tenant2"]
+    app = project.app
+    with beat_schedule_of(app):
+        app.conf.beat_schedule = {
+            "all": {"task": "myapp.tasks.all", "schedule": 60},
+            "listed": {"task": "myapp.tasks.listed", "schedule": 60,
+                       "tenant_schemas": ["public", "tenant1", "tenant2"]},
+        }  # fmt: skip
+        scheduler = scheduler_cls(app=app)
+    make_due(scheduler)
+    run_due(scheduler)
+    sent = sorted((m["task"], m["_schema_name"]) for m in drain(SCRATCH_QUEUE))
+    assert sent == [
+        ("myapp.tasks.all", "tenant2"),
+        ("myapp.tasks.listed", "public"),
+        ("myapp.tasks.listed", "tenant2"),
+    ]
+
+
+@exercises("db-scheduler-beat", "db-scheduler-rows")
+def test_database_scheduler_runs_each_schemas_rows_there(project: Project, beat_db: None) -> None:
+    (words,) = block("db-scheduler-beat").commands()
+    scheduler_cls = scheduler_of(words)
+    assert scheduler_cls is TenantAwareDatabaseScheduler
+    with sql_tenants("tenant"):  # the example's tenant schema
+        run_python(block("db-scheduler-rows"))
+        flush_stats()
+        app = project.app
+        with beat_schedule_of(app):
+            app.conf.beat_schedule = {}
+            scheduler = scheduler_cls(app=app)
+        try:
+            names = {name for name in scheduler.schedule if not name.startswith("celery.")}
+            assert names == {"my_task@public", "my_task@tenant"}
+            make_due(scheduler)
+            run_due(scheduler)
+        finally:
+            scheduler.close()
+    messages = drain(SCRATCH_QUEUE)
+    assert sorted((m["task"], m["_schema_name"]) for m in messages) == [
+        ("my_app.tasks.my_task", "public"),
+        ("my_app.tasks.my_task", "tenant"),
+    ]
+
+
+# Demo, benchmark, running the tests --------------------------------------------------------
+
+
+@exercises("demo")
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_demo_runs_the_demo_script(tmp_path: Path) -> None:
+    (words,) = block("demo").commands()
+    assert words == ["make", "demo"]
+    from tests.test_demo import DEMO  # the script tests/test_demo.py runs end to end
+
+    def dry_run(venv: Path) -> list[str]:
+        command = [*words, "--dry-run", f"VENV={venv}"]
+        output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+        return output.stdout.splitlines()
+
+    with_venv = Path(sys.prefix)
+    assert dry_run(with_venv)[-1] == f"{with_venv}/bin/python {DEMO.relative_to(ROOT)}"
+    # "creates .venv and installs the project first if needed"
+    fresh = tmp_path / "venv"
+    installs = " ".join(dry_run(fresh))
+    assert f"-m venv {fresh}" in installs and 'pip install -e ".[dev]"' in installs
+
+
+@exercises("demo-brokers")
+def test_demo_broker_variables_are_the_demos(monkeypatch: Any) -> None:
+    from tests import test_demo
+
+    tested = {v["BROKER_URL"].split(":")[0] for v in test_demo.BROKERS.values() if v}
+    schemes = []
+    for words in block("demo-brokers").commands():
+        *assignments, make, target = words
+        assert [make, target] == block("demo").commands()[0]
+        variables = dict(assignment.split("=", 1) for assignment in assignments)
+        assert set(variables) == {"BROKER_URL"}
+        monkeypatch.delenv("RESULT_BACKEND", raising=False)
+        monkeypatch.setenv("BROKER_URL", variables["BROKER_URL"])
+        demo_settings = runpy.run_path(str(ROOT / "examples" / "demo" / "settings.py"))
+        assert demo_settings["CELERY_BROKER_URL"] == variables["BROKER_URL"]
+        schemes.append(variables["BROKER_URL"].split(":")[0])
+    assert sorted(schemes) == sorted(tested)  # each also runs end to end in test_demo.py
+
+
+@exercises("bench-beat")
+def test_bench_beat_command_line(monkeypatch: Any) -> None:
+    (words,) = block("bench-beat").commands()
+    assert words[:2] == ["python", "bench/beat.py"]
+    spec = importlib.util.spec_from_file_location("readme_bench_beat", ROOT / words[1])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", words[1:])
+    assert module.parse_args().tenants == [100, 1000, 10000]
+
+
+@exercises("running-tests")
+def test_running_the_tests_commands(request: Any) -> None:
+    venv, activate, install, run = block("running-tests").commands()
+    assert venv == ["python", "-m", "venv", ".venv"]
+    assert activate == [".", ".venv/bin/activate"]
+    # pip install -e ".[EXTRA]": the project at the root, with an extra it defines
+    assert install[:3] == ["pip", "install", "-e"]
+    match = re.fullmatch(r"\.\[(?P<extra>[\w-]+)\]", install[3])
+    assert match is not None, install
+    extras = metadata.metadata("tenant-schemas-celery").get_all("Provides-Extra") or []
+    assert match["extra"] in extras
+    assert run == ["python", "-m", "pytest"]
+    # `python -m pytest` at the root collects this directory
+    assert request.config.rootpath == ROOT
+    assert request.config.getini("testpaths") == [Path(__file__).parent.name]
