@@ -52,7 +52,7 @@ def _is_tenant_model(model: type) -> bool:
 BEAT_CHANGES_MODEL = "django_celery_beat.PeriodicTasks"
 
 
-def _publish_beat_change(sender: type, using: str, **kwargs: Any) -> None:
+def _publish_beat_change(sender: Any, using: str, **kwargs: Any) -> None:
     """Have PostgreSQL publish this connection's table statistics at its next idle moment.
 
     ``TenantAwareDatabaseScheduler`` finds changed schemas by the activity counters of
