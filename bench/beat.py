@@ -10,7 +10,9 @@ Tenants are made cheaply, by SQL, the counts being cumulative: per tenant a sche
 holding copies of django-celery-beat's six tables (``CREATE TABLE ... (LIKE
 public.... INCLUDING ALL)``) with one interval schedule, one enabled periodic task
 (``job@<schema>``) and its change marker row, and a ``Client`` row (one ``INSERT``
-for all). The database is dropped at the end (``--keep-db`` keeps it).
+for all). With ``--task-every N`` only every N-th tenant has the schedule, task and
+marker rows (the others' tables are empty, as for tenants that never had a periodic
+task of their own). The database is dropped at the end (``--keep-db`` keeps it).
 
 Measured for each tenant count, with ``TenantAwareDatabaseScheduler`` (statements
 are those sent through Django, ``SET search_path`` included):
@@ -67,6 +69,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--database", default="tsc_bench_beat")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
     parser.add_argument("--workers", type=int, default=2, help="connections creating schemas")
+    parser.add_argument(
+        "--task-every", type=int, default=1, help="only every N-th tenant has a periodic task"
+    )
     return parser.parse_args()
 
 
@@ -100,13 +105,15 @@ def schema_name(index: int) -> str:
     return f"bench{index:05d}"
 
 
-def tenant_statements(name: str) -> list[str]:
+def tenant_statements(name: str, with_task: bool = True) -> list[str]:
     """The SQL making one tenant schema: beat's tables, an interval, a task, a change marker."""
     statements = [f'CREATE SCHEMA "{name}"']
     statements += [
         f'CREATE TABLE "{name}".{table} (LIKE public.{table} INCLUDING ALL)'
         for table in BEAT_TABLES
     ]
+    if not with_task:
+        return statements
     statements += [
         f'INSERT INTO "{name}".django_celery_beat_intervalschedule (id, every, period) '
         "VALUES (1, 60, 'seconds')",
@@ -119,7 +126,7 @@ def tenant_statements(name: str) -> list[str]:
     return statements
 
 
-def add_tenants(start: int, stop: int, workers: int) -> None:
+def add_tenants(start: int, stop: int, workers: int, task_every: int) -> None:
     """Create tenants ``start`` to ``stop - 1``: schemas on ``workers`` connections, then rows."""
     import psycopg2
     from django.conf import settings
@@ -147,7 +154,11 @@ def add_tenants(start: int, stop: int, workers: int) -> None:
                         return
                     chunk = chunks.pop()
                 with conn, conn.cursor() as cursor:  # one transaction per chunk
-                    statements = [s for i in chunk for s in tenant_statements(schema_name(i))]
+                    statements = [
+                        statement
+                        for i in chunk
+                        for statement in tenant_statements(schema_name(i), i % task_every == 0)
+                    ]
                     cursor.execute(";".join(statements))
         finally:
             conn.close()
@@ -245,7 +256,7 @@ def settle() -> None:
     connections.close_all()
 
 
-def measure_count(tenants: int) -> dict[str, Result]:
+def measure_count(tenants: int, task_every: int) -> dict[str, Result]:
     from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
     from tenant_schemas_celery.scheduler import TenantAwareScheduler
     from tests.project.celery import app
@@ -260,12 +271,14 @@ def measure_count(tenants: int) -> dict[str, Result]:
     )
     scheduler = holder["scheduler"]
     scheduler.check_interval = 0
-    assert len([n for n in scheduler.schedule if n.startswith("job@")]) == tenants
+    with_task = -(-tenants // task_every)
+    assert len([n for n in scheduler.schedule if n.startswith("job@")]) == with_task
     scheduler.schedule  # noqa: B018 -- settle (the rows setup wrote are read back)
     results["no-change check"] = median_of(5, measure, lambda: scheduler.schedule)
-    edit_one_task(schema_name(tenants // 2))
+    edited = schema_name(tenants // 2 // task_every * task_every)
+    edit_one_task(edited)
     results["reload after one edit"] = measure(lambda: scheduler.schedule)
-    assert "edited" in scheduler.schedule[f"job@{schema_name(tenants // 2)}"].kwargs
+    assert "edited" in scheduler.schedule[f"job@{edited}"].kwargs
 
     def full_reload() -> None:
         scheduler._last_full_sync = scheduler._last_full_sync.replace(year=2000)
@@ -340,10 +353,10 @@ def main() -> None:
     try:
         for tenants in sorted(args.tenants):
             started = time.perf_counter()
-            add_tenants(made, tenants, args.workers)
+            add_tenants(made, tenants, args.workers, args.task_every)
             made = tenants
             print(f"{tenants:,} tenants made in {time.perf_counter() - started:.0f} s", flush=True)
-            rows[tenants] = measure_count(tenants)
+            rows[tenants] = measure_count(tenants, args.task_every)
             print_table({tenants: rows[tenants]})
     finally:
         if not args.keep_db:

@@ -597,9 +597,28 @@ def _select_per_schema(
 def _read(connection: Any, names: Sequence[str], batch_size: int) -> list[PeriodicTask]:
     """Return the enabled rows of ``names``, schedules attached, read on ``connection``."""
     with closing_on_error(connection), connection.cursor() as cursor:
+        if len(names) > batch_size:
+            names = _with_task_pages(cursor, names)
         rows = _read_rows(cursor, names, batch_size)
         _attach_schedules(cursor, rows, batch_size)
     return rows
+
+
+def _with_task_pages(cursor: Any, names: Sequence[str]) -> list[str]:
+    """Return the schemas of ``names`` whose task table is not empty on disk, in one statement.
+
+    A table whose file has no page holds no row, committed or not: reading it is
+    skipped. ``pg_relation_size`` opens only the table (the planner of a ``SELECT``
+    also opens each of its indexes), and releases its lock at once. A table dropped
+    meanwhile (size NULL) is kept, so that its read reports it.
+    """
+    cursor.execute(
+        "SELECT n FROM unnest(%s::text[]) AS n WHERE pg_catalog.pg_relation_size("
+        "to_regclass(quote_ident(n) || '.' || quote_ident(%s))) IS DISTINCT FROM 0",
+        [pg_array(names), PeriodicTask._meta.db_table],
+    )
+    kept = {name for (name,) in cursor.fetchall()}
+    return [name for name in names if name in kept]
 
 
 def _read_rows(cursor: Any, names: Sequence[str], batch_size: int) -> list[PeriodicTask]:

@@ -421,7 +421,7 @@ def test_database_errors_are_logged_and_the_loop_goes_on(caplog: Any, started: A
 def test_statements_do_not_grow_with_tenants(beat_queue: str, started: Any) -> None:
     base = 1 + len(every_tenant())  # public and the tenants already there
     counts = {}
-    for count in (4, 24):
+    for count in (14, 34):
         names = [f"scale{index:02d}" for index in range(count)]
         with sql_tenants(*names):
             for name in names:
@@ -429,7 +429,8 @@ def test_statements_do_not_grow_with_tenants(beat_queue: str, started: Any) -> N
             scheduler = started()
             scheduler.batch_size = 10
             scheduler.read_connections = 1  # all statements on the connection counted here
-            # A full read: a fixed number, plus 2 per batch of 10 schemas
+            # A full read: a fixed number (one finding the empty task tables, which are not
+            # read), plus 2 per batch of 10 schemas with rows
             scheduler._last_full_sync = scheduler._last_full_sync.replace(year=2000)
             full = statements(lambda scheduler=scheduler: scheduler.schedule)
             check = statements(lambda scheduler=scheduler: scheduler.schedule)
@@ -441,7 +442,31 @@ def test_statements_do_not_grow_with_tenants(beat_queue: str, started: Any) -> N
             reload = statements(lambda scheduler=scheduler: scheduler.schedule)
             assert scheduler.schedule[f"job@{names[0]}"].kwargs == {"x": 1}
             counts[count] = (len(full), len(check), len(reload))
+    # (the same whether public, tenant1 and tenant2 are read or skipped as empty)
     batches = {count: -(-(count + base) // 10) for count in counts}
-    assert counts[24][0] - counts[4][0] == 2 * (batches[24] - batches[4])
-    assert counts[4][1] == counts[24][1] == 1
-    assert counts[4][2] == counts[24][2]
+    assert counts[34][0] - counts[14][0] == 2 * (batches[34] - batches[14]) == 4
+    assert counts[14][1] == counts[34][1] == 1
+    assert counts[14][2] == counts[34][2]
+
+
+def test_large_reads_skip_empty_task_tables(beat_queue: str, started: Any) -> None:
+    with sql_tenants("idle_a", "idle_b", "busy_a"):
+        add_task("busy_a", "job@busy_a", queue=beat_queue)
+        scheduler = started()
+        scheduler.batch_size = 1  # a large read: more schemas than batch_size
+        scheduler.read_connections = 1
+        names = ["idle_a", "idle_b", "busy_a"]
+        rows: list[Any] = []
+        sent = statements(lambda: rows.extend(scheduler.enabled_models(names)))
+        assert [row.name for row in rows] == ["job@busy_a"]
+        read = " ".join(sql for sql in sent if "pg_relation_size" not in sql)
+        assert '"busy_a"' in read
+        assert '"idle_a"' not in read and '"idle_b"' not in read
+        # A row added later to an empty table is read, by the full read and by a reload
+        add_task("idle_b", "job@idle_b", queue=beat_queue)
+        assert {row.name for row in scheduler.enabled_models(names)} == {
+            "job@busy_a",
+            "job@idle_b",
+        }
+        changed()
+        assert scheduler.schedule["job@idle_b"].schema_name == "idle_b"
