@@ -26,6 +26,7 @@ from tests.project.celery import app
 from tests.project.customers.models import Client, Domain
 from tests.project.notes.models import Note
 from tests.project.notes.tasks import EVENTS_KEY, events
+from tests.project.runtime_conf import set_setting
 from tests.workers import worker
 
 TENANTS = ("tenant1", "tenant2")
@@ -95,7 +96,7 @@ def recorded_events() -> list[str]:
 
 def use_broker(url: str) -> None:
     """Point the test process's app (the sender) at another broker."""
-    app.conf.broker_url = url
+    set_setting(app, "broker_url", url)
     app._pool = None  # kombu keeps the pools of each broker; the app must pick the new one
     app.amqp._producer_pool = None
 

@@ -10,6 +10,7 @@ from django_tenants.utils import schema_context
 from tests.conftest import BROKERS
 from tests.project import plain_celery
 from tests.project.notes import tasks
+from tests.project.runtime_conf import set_setting
 from tests.workers import worker
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def test_soft_time_limit_then_next_task_in_its_tenant(pool_worker, tenants):
 
 @pytest.fixture(scope="module")
 def plain_app_worker(database):
-    plain_celery.app.conf.broker_url = BROKERS["redis"]
+    set_setting(plain_celery.app, "broker_url", BROKERS["redis"])
     process = worker(BROKERS["redis"])
     process.args[1] = "tests.project.plain_celery"
     process.args += ["-Q", plain_celery.app.conf.task_default_queue]

@@ -12,10 +12,11 @@ django.setup()
 from django.db import connection  # noqa: E402
 
 from tenant_schemas_celery.task import TenantTask  # noqa: E402
+from tests.project.runtime_conf import set_setting  # noqa: E402
 
 app = Celery("plain", set_as_current=False)
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_default_queue = os.environ.get("TSC_QUEUE", "tsc-tests") + "-plain"
+set_setting(app, "task_default_queue", os.environ.get("TSC_QUEUE", "tsc-tests") + "-plain")
 
 
 @app.task(base=TenantTask)
