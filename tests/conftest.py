@@ -22,12 +22,15 @@ from django.db import connection, connections
 from django_tenants.utils import schema_context
 
 from tenant_schemas_celery.cache import tenant_cache
+from tests.celery_backports import defer_nested_result_unsubscribes
 from tests.project.celery import app
 from tests.project.customers.models import Client, Domain
 from tests.project.notes.models import Note
 from tests.project.notes.tasks import EVENTS_KEY, events
 from tests.project.runtime_conf import set_setting
 from tests.workers import worker
+
+defer_nested_result_unsubscribes()
 
 TENANTS = ("tenant1", "tenant2")
 BROKERS = {
