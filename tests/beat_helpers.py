@@ -51,7 +51,9 @@ def broker() -> redis.Redis:
 def drain(queue: str) -> list[dict[str, Any]]:
     """Return the messages sent to ``queue`` (oldest first), removing them.
 
-    Each message is its headers, plus ``args`` and ``kwargs`` decoded from the body.
+    Each message is its headers, plus ``args`` and ``kwargs`` decoded from the body, and
+    ``periodic_task_name``, the name of the django-celery-beat row that sent it: a header
+    from django-celery-beat 2.8 on, a message property before.
     """
     client = broker()
     raw = client.lrange(queue, 0, -1)
@@ -60,7 +62,9 @@ def drain(queue: str) -> list[dict[str, Any]]:
     for item in reversed(raw):  # kombu LPUSHes: the oldest message is last
         message = json.loads(item)
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-        messages.append({**message["headers"], "args": args, "kwargs": kwargs})
+        row = message.get("properties", {}).get("periodic_task_name")
+        named = {} if row is None else {"periodic_task_name": row}
+        messages.append({**named, **message["headers"], "args": args, "kwargs": kwargs})
     return messages
 
 
