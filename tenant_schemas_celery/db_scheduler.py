@@ -127,13 +127,22 @@ class TenantAwareModelEntry(ModelEntry):
         return created
 
     def is_due(self) -> Any:
-        """Celery's ``is_due``; a one-off task that ran is disabled in its own schema."""
+        """Celery's ``is_due``; a one-off task that ran, or an expired task, is disabled
+        in its own schema instead of being sent.
+
+        django-celery-beat disables an expired task itself from 2.8 on; with older
+        releases it is disabled here when it falls due.
+        """
         model = self.model
         if model.one_off and model.enabled and model.total_run_count > 0:
             model.enabled, model.total_run_count, model.last_run_at = False, 0, None
             self._write({"enabled": False, "total_run_count": 0, "last_run_at": None}, True)
             return schedules.schedstate(False, NEVER_CHECK_TIMEOUT)
-        return super().is_due()
+        state = super().is_due()
+        if state.is_due and model.expires is not None and self._default_now() >= model.expires:
+            self._disable(model)
+            return schedules.schedstate(False, NEVER_CHECK_TIMEOUT)
+        return state
 
     def save(self) -> None:
         """Save ``last_run_at`` and ``total_run_count`` into this row, in its own schema."""
