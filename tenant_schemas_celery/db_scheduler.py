@@ -20,8 +20,8 @@ updates on every change) and of its ``django_celery_beat_periodictask`` table (r
 inserted or deleted). A change made through the ORM reaches PostgreSQL's statistics
 when its transaction ends (see ``signals._publish_beat_change``); other writers' within
 about a second of the commit (PostgreSQL 15+: up to 10 s when the writing connection
-had flushed its statistics less than a second before). Celery's full sync every 5
-minutes reads every schema again whatever the counters say.
+had flushed its statistics less than a second before). Every ``full_read_interval``
+seconds (5 minutes) every schema is read again, whatever the counters say.
 """
 
 from __future__ import annotations
@@ -272,15 +272,19 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         check_interval(float): least number of seconds between two checks for
             changes (Celery would check at every tick). Defaults to 5.
         read_connections(int): database connections reading rows in parallel when
-            more than ``batch_size`` schemas are read (the first read, Celery's full
-            sync). Each keeps PostgreSQL's caches of its share of the tables warm.
+            more than ``batch_size`` schemas are read (the first read, the full reads).
+            Each keeps PostgreSQL's caches of its share of the tables warm.
             Defaults to 2.
+        full_read_interval(float): seconds after which every schema is read again,
+            whatever the activity counters say, and however many schemas were read
+            meanwhile because they changed. Defaults to 300.
     """
 
     Entry = TenantAwareModelEntry
     batch_size = 100
     check_interval = 5.0
     read_connections = 2
+    full_read_interval = 300.0
     _heap_invalidated: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -289,6 +293,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         self._conflicts: list[Conflict] = []
         self._lenient = 0
         self._last_check = -float("inf")
+        self._last_full_read = -float("inf")
         self._invalid = invalid_names_log()
         self._no_tables = OnceLog(
             "beat: Not reading the periodic tasks of schema %r: its django-celery-beat "
@@ -363,11 +368,15 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         """Return whether rows changed in some schema, or a schema came or went.
 
         One statement whatever the number of tenants (see ``_signatures``), at most
-        every ``check_interval`` seconds.
+        every ``check_interval`` seconds; every ``full_read_interval`` seconds, True
+        without a check: every schema is read again.
         """
         if time.monotonic() - self._last_check < self.check_interval:
             return False
         self._last_check = time.monotonic()
+        if self._last_check - self._last_full_read >= self.full_read_interval:
+            self._pending = None
+            return True
         try:
             survey = self._survey()
         except DatabaseError as exc:
@@ -389,15 +398,18 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         """Return the merged schedule, reading only the schemas that changed.
 
         After ``schedule_changed()`` found changes, only those schemas are read;
-        otherwise (first read, Celery's full sync every 5 minutes) all of them.
+        otherwise (the first read, every ``full_read_interval`` seconds, and
+        django-celery-beat's own full sync) all of them.
         """
         pending, self._pending = self._pending, None
         try:
             if pending is None:
                 self._last_check = time.monotonic()
                 survey = self._survey()
-                pending = (survey, survey.keys() | self._states.keys())
-            self._reload(*pending)
+                self._reload(survey, survey.keys() | self._states.keys())
+                self._last_full_read = self._last_check
+            else:
+                self._reload(*pending)
         except (DatabaseError, InterfaceError) as exc:
             logger.exception("beat: Could not read the periodic tasks; retrying: %r", exc)
             self._last_check = -float("inf")

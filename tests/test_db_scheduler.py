@@ -355,6 +355,26 @@ def test_rows_are_picked_up_in_a_schema_without_change_tracking_row(
     assert scheduler.schedule["raw"].schema_name == "tenant1"
 
 
+def test_every_schema_is_read_again_every_full_read_interval(beat_queue: str, started: Any) -> None:
+    add_task("tenant1", "job", queue=beat_queue)
+    scheduler = started()
+    # An UPDATE with SQL: no change tracking, and no counter that a check reads
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'UPDATE "tenant1".django_celery_beat_periodictask SET kwargs = %s WHERE name = %s',
+            ['{"raw": true}', "job"],
+        )
+    # Changes in another schema are read, the rest of the schedule is kept
+    add_task("tenant2", "other", queue=beat_queue)
+    changed()
+    assert scheduler.schedule["other"].schema_name == "tenant2"
+    assert scheduler.schedule["job"].kwargs == {}
+    # Once full_read_interval has passed since the last full read, whatever was read
+    # meanwhile, every schema is read
+    scheduler.full_read_interval = 0
+    assert scheduler.schedule["job"].kwargs == {"raw": True}
+
+
 def test_tenants_created_or_dropped_while_running(beat_queue: str, started: Any) -> None:
     scheduler = started()
     with sql_tenants("late"):
@@ -431,7 +451,7 @@ def test_statements_do_not_grow_with_tenants(beat_queue: str, started: Any) -> N
             scheduler.read_connections = 1  # all statements on the connection counted here
             # A full read: a fixed number (one finding the empty task tables, which are not
             # read), plus 2 per batch of 10 schemas with rows
-            scheduler._last_full_sync = scheduler._last_full_sync.replace(year=2000)
+            scheduler._last_full_read = -float("inf")  # a full read is due
             full = statements(lambda scheduler=scheduler: scheduler.schedule)
             check = statements(lambda scheduler=scheduler: scheduler.schedule)
             with schema_context(names[0]):
