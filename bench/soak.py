@@ -73,6 +73,8 @@ def main() -> int:
             )
             remaining -= steps
             print(f"batch: {summary.line()}", flush=True)
+            for problem in summary.problems + [f"written outside its schema: {w}" for w in wrong]:
+                print(f"  {problem}", flush=True)
     finally:
         process.stop()
     print(f"tenants={options.tenants} pool={options.pool} broker={options.broker} {totals.line()}")

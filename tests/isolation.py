@@ -22,6 +22,7 @@ from tests.project.notes.tasks import PROBES_KEY, events, probe, probe_collect
 
 RUNNING_KINDS = ["ok", "ok", "ok", "exc", "retry", "reject", "eager", "chain", "group", "chord"]
 FAILING_KINDS = ["deleted", "malformed"]
+SOFT_LIMIT = 1.0  # seconds, for the "soft" kind only (its body sleeps 10 s)
 MALFORMED = [123, "", "x" * 64, 'x"; DROP SCHEMA public; --', "pg_toast", ["a"], None]
 
 
@@ -32,6 +33,7 @@ class Run:
     expected_records: Counter[str] = field(default_factory=Counter)
     must_fail: list[Any] = field(default_factory=list)  # results that must fail, body unrun
     forbidden: set[str] = field(default_factory=set)  # tokens whose body must never run
+    kinds: dict[str, str] = field(default_factory=dict)  # token -> kind it was sent as
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Summary:
     lost: int
     unexpected: int
     duration: float
+    problems: list[str] = field(default_factory=list)  # "lost|misrouted token kind schema"
 
     def line(self) -> str:
         return (
@@ -92,19 +95,20 @@ def _send_one(
             tokens.append(f"{token}.body")
             chord(probe.si(t) for t in tokens[:3])(probe_collect.s(tokens[3]))
         for t in tokens:
-            _expect(run, t, schema_name)
+            _expect(run, t, schema_name, kind=kind)
         return
     inner = rng.choice(schemas)
-    probe.apply_async((token, kind, inner))
-    _expect(run, token, schema_name, 2 if kind == "retry" else 1)
+    probe.apply_async((token, kind, inner), soft_time_limit=SOFT_LIMIT if kind == "soft" else None)
+    _expect(run, token, schema_name, 2 if kind == "retry" else 1, kind)
     if kind == "eager":
-        _expect(run, f"{token}:inner", inner)
-        _expect(run, f"{token}:after", schema_name)
+        _expect(run, f"{token}:inner", inner, kind=kind)
+        _expect(run, f"{token}:after", schema_name, kind=kind)
 
 
-def _expect(run: Run, token: str, schema_name: str, records: int = 1) -> None:
+def _expect(run: Run, token: str, schema_name: str, records: int = 1, kind: str = "") -> None:
     run.expected[token] = schema_name
     run.expected_records[token] = records
+    run.kinds[token] = kind
 
 
 def collect(run: Run, timeout: float, started: float) -> Summary:
@@ -133,6 +137,16 @@ def collect(run: Run, timeout: float, started: float) -> Summary:
     unexpected = sum(
         1 for token in records if token not in run.expected and token not in run.forbidden
     )
+    problems = [
+        f"lost {token} {run.kinds.get(token)} {schema_name}"
+        for token, schema_name in run.expected.items()
+        if len(records[token]) < run.expected_records[token]
+    ] + [
+        f"misrouted {token} {run.kinds.get(token)} {schema_name}: {record}"
+        for token, schema_name in run.expected.items()
+        for record in records[token]
+        if record["schema"] != schema_name or record["visible"] != [f"marker:{schema_name}"]
+    ]
     return Summary(
         sent=run.sent,
         run=sum(len(v) for v in records.values()),
@@ -140,6 +154,7 @@ def collect(run: Run, timeout: float, started: float) -> Summary:
         lost=lost,
         unexpected=unexpected,
         duration=time.monotonic() - started,
+        problems=problems,
     )
 
 

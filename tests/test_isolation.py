@@ -44,7 +44,10 @@ def test_random_mix_is_never_misrouted(schemas, tenants, pool, broker_name):
         process.stop()
         use_broker(BROKERS["redis"])
     # Then every run saw only its own schema, none was lost, no failing task ran its body
-    assert (summary.misrouted, summary.lost, summary.unexpected) == (0, 0, 0), summary.line()
+    assert (summary.misrouted, summary.lost, summary.unexpected) == (0, 0, 0), (
+        summary.line(),
+        summary.problems,
+    )
     for result in run.must_fail:
         assert result.state == "FAILURE"
         assert type(result.result).__name__ in ("TenantNotFound", "InvalidSchemaName")
