@@ -198,12 +198,18 @@ def drop_sql_tenants(*schema_names: str) -> None:
 
 @pytest.fixture
 def beat_db(database: None) -> Iterator[None]:
-    """The session database, with no django-celery-beat rows in public, tenant1 and tenant2."""
+    """The session database, with no django-celery-beat rows in public, tenant1 and tenant2.
+
+    Afterwards, the messages left in the default queue are deleted too: the database
+    scheduler installs django-celery-beat's ``celery.backend_cleanup`` row, which
+    ``make_due`` sends there.
+    """
     connection.set_schema_to_public()
     clear_beat_tables(*BASE_SCHEMAS)
     yield
     connection.set_schema_to_public()
     clear_beat_tables(*BASE_SCHEMAS)
+    broker().delete(app.conf.task_default_queue)
 
 
 @pytest.fixture

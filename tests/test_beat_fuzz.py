@@ -251,10 +251,12 @@ def run_once(
             run_due(scheduler)
         finally:
             scheduler.close()
-    messages = drain(queue)
+    # (the database scheduler's celery.backend_cleanup row goes to the default queue)
+    messages = drain(queue) + drain(app.conf.task_default_queue)
     sent: dict[str, list[str]] = {}
     for message in messages:
-        sent.setdefault(message["args"][0], []).append(message["_schema_name"])
+        label = message["args"][0] if message["args"] else message["task"]
+        sent.setdefault(label, []).append(message["_schema_name"])
     statements = [_normalized(text) for text in statements]
     return {"entries": entries, "records": records, "statements": statements, "sent": sent}
 
@@ -397,7 +399,7 @@ def test_fuzzed_row_headers_database_scheduler(
         assert errors[0].startswith(
             f"beat: Ignoring periodic task 'row' of schema '{schema_name}': "
         )
-        assert ran["entries"] == [] and ran["sent"] == {}
+        assert ran["entries"] == [] and "row" not in ran["sent"]
     else:
         assert errors == []
         wanted = every_tenant() if targets is None else [s for s in targets if s in live]

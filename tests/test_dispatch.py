@@ -9,12 +9,14 @@ from django.test.utils import CaptureQueriesContext
 
 from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
 from tenant_schemas_celery.fanout import spread_offset
+from tests import beat_helpers
 from tests.conftest import BROKERS
 from tests.project.customers.models import Client
 from tests.project.notes import tasks
 from tests.workers import worker
 
 TIMEOUT = 30
+beat_queue = beat_helpers.beat_queue  # a queue deleted after the test
 
 
 _published: list | None = None
@@ -78,10 +80,11 @@ def test_invalid_names_are_refused(tenants):
         tasks.whereami.delay_for_tenants(tenants=['x"; DROP SCHEMA public; --'])
 
 
-def test_a_name_or_tenant_alone_is_one_target(tenants, published):
+def test_a_name_or_tenant_alone_is_one_target(tenants, published, beat_queue):
     # A string used to be iterated: one (skipped) "schema" per character, nothing sent
-    assert sorted(tasks.whereami.delay_for_tenants(tenants="tenant2")) == ["tenant2"]
-    assert sorted(tasks.whereami.delay_for_tenants(tenants=tenants["tenant1"])) == ["tenant1"]
+    send = tasks.whereami.apply_async_for_tenants
+    assert sorted(send(tenants="tenant2", queue=beat_queue)) == ["tenant2"]
+    assert sorted(send(tenants=tenants["tenant1"], queue=beat_queue)) == ["tenant1"]
     assert sorted(schema for schema, _ in published) == ["tenant1", "tenant2"]
 
 
