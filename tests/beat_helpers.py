@@ -142,13 +142,18 @@ def clear_beat_tables(*schema_names: str) -> None:
 
 
 def add_task(
-    schema_name: str, name: str, every: int = 3600, queue: str | None = None, **fields: Any
+    schema_name: str,
+    name: str,
+    every: int = 3600,
+    queue: str | None = None,
+    task: str = TASK,
+    **fields: Any,
 ) -> PeriodicTask:
-    """Create an enabled periodic task of ``TASK`` in ``schema_name``, every ``every`` seconds."""
+    """Create an enabled periodic task of ``task`` in ``schema_name``, every ``every`` seconds."""
     with schema_context(schema_name):
         interval, _ = IntervalSchedule.objects.get_or_create(every=every, period="seconds")
         return PeriodicTask.objects.create(
-            name=name, task=TASK, interval=interval, queue=queue, **fields
+            name=name, task=task, interval=interval, queue=queue, **fields
         )
 
 
