@@ -48,7 +48,9 @@ def test_inspect_commands_show_the_schema(tenants):
         deadline = time.monotonic() + TIMEOUT
         active: list = []
         while not active and time.monotonic() < deadline:
-            replies = app.control.broadcast("tenant_active", reply=True, timeout=1)
+            replies = app.control.broadcast(
+                "tenant_active", reply=True, timeout=1, destination=[process.nodename]
+            )
             active = [task for reply in replies for tasks_ in reply.values() for task in tasks_]
         running.get(timeout=TIMEOUT)
     finally:

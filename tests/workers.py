@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,12 @@ class CeleryProcess:
                 raise RuntimeError(f"celery {self.args[2:3]} did not start:\n{self.log()}")
             time.sleep(0.1)
         return self
+
+    @property
+    def nodename(self) -> str:
+        """The worker's node name (``-n``, ``%h`` expanded): the ``destination`` of its
+        remote control commands, which other workers on the same broker do not answer."""
+        return self.args[self.args.index("-n") + 1].replace("%h", socket.gethostname())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
