@@ -30,6 +30,15 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_schema(name: str) -> str:
+    """Return ``quote_ident(name)`` for SQL text run with parameters: ``%`` doubled.
+
+    With parameters, the driver reads ``%`` in the text as a placeholder, and
+    django-tenants allows it in schema names.
+    """
+    return quote_ident(name).replace("%", "%%")
+
+
 def pg_array(values: Iterable[object]) -> str:
     """Return a PostgreSQL array literal of ``values``, to pass as one parameter.
 

@@ -54,7 +54,7 @@ from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from django_celery_beat.utils import NEVER_CHECK_TIMEOUT
 from kombu.utils.objects import cached_property
 
-from ._sql import batches, closing_on_error, pg_array, queryset_sql, quote_ident
+from ._sql import batches, closing_on_error, pg_array, queryset_sql, quote_ident, quote_schema
 from .capture import SCHEMA_HEADER, current_schema_name
 from .conf import public_schema_name
 from .fanout import (
@@ -216,7 +216,7 @@ def update_row(
     fields = [PeriodicTask._meta.get_field(name) for name in values]
     assignments = ", ".join(f"{quote_ident(field.column)} = %s" for field in fields)
     params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
-    table = f"{quote_ident(schema_name)}.{quote_ident(PeriodicTask._meta.db_table)}"
+    table = f"{quote_schema(schema_name)}.{quote_ident(PeriodicTask._meta.db_table)}"
     pk_column = quote_ident(PeriodicTask._meta.pk.column)
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s", [*params, pk])
@@ -225,7 +225,7 @@ def update_row(
 
 
 def _mark_changed(cursor: Any, schema_name: str, now: Any) -> None:
-    table = f"{quote_ident(schema_name)}.{quote_ident(PeriodicTasks._meta.db_table)}"
+    table = f"{quote_schema(schema_name)}.{quote_ident(PeriodicTasks._meta.db_table)}"
     cursor.execute(
         f"INSERT INTO {table} (ident, last_update) VALUES (1, %s) "
         "ON CONFLICT (ident) DO UPDATE SET last_update = EXCLUDED.last_update",
@@ -602,7 +602,7 @@ def _select_per_schema(
     """
     results: list[tuple[Any, ...]] = []
     for batch in batches(names, batch_size):
-        parts = [select.format(schema=quote_ident(name)) for name in batch]
+        parts = [select.format(schema=quote_schema(name)) for name in batch]
         try:
             cursor.execute(" UNION ALL ".join(parts), [p for name in batch for p in params(name)])
         except ProgrammingError as exc:

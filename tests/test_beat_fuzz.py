@@ -31,10 +31,11 @@ from typing import Any, Callable
 
 import pytest
 from django.db import connection
+from django_tenants.utils import schema_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
+from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler, update_row
 from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
 from tenant_schemas_celery.fanout import MAX_SPREAD_SECONDS
 from tenant_schemas_celery.resolution import validate_schema_name
@@ -49,6 +50,7 @@ from tests.beat_helpers import (
     every_tenant,
     make_due,
     run_due,
+    sql_tenants,
 )
 from tests.project.celery import app
 from tests.project.customers.models import Client
@@ -404,6 +406,41 @@ def test_fuzzed_row_headers_database_scheduler(
         assert errors == []
         wanted = every_tenant() if targets is None else [s for s in targets if s in live]
         assert sorted(ran["sent"].get("row", [])) == sorted(wanted)
+
+
+#: Schema names django-tenants accepts, ``%`` included (SQL run with parameters doubles it).
+TENANT_NAMES = (
+    st.one_of(
+        st.sampled_from(["%", "a%sb", "%(x)s", "50%", "Tenant One", "ünï", "$1", "a.b", "x-y"]),
+        st.text(
+            st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\"'\\;"),
+            min_size=1,
+            max_size=20,
+        ),
+    )
+    .map(lambda name: f"fz{name}")  # never an existing schema
+    .filter(lambda name: len(name.encode()) <= 63)
+)
+
+
+@settings(FUZZ, max_examples=25)
+@given(names=st.lists(TENANT_NAMES, min_size=1, max_size=3, unique=True))
+def test_tenant_schema_names_database_scheduler(beat_queue: str, names: list[str]) -> None:
+    # Tenants with odd (valid) schema names, a row each: read, sent and saved in each schema
+    with sql_tenants(*names):
+        rows = {
+            name: add_task(name, f"job@{name}", queue=beat_queue, args=json.dumps([name]))
+            for name in names
+        }
+        ran = run_once(database, beat_queue, {})
+        for name, row in rows.items():
+            update_row(name, row.pk, {"enabled": False}, signal_change=True)
+            with schema_context(name):
+                row.refresh_from_db()
+            assert (row.total_run_count, row.enabled) == (1, False)
+    assert [r.getMessage() for r in ran["records"] if r.levelno >= logging.ERROR] == []
+    assert ran["entries"] == sorted(f"job@{name}" for name in names)
+    assert {name: ran["sent"].get(name) for name in names} == {name: [name] for name in names}
 
 
 # The fan-out helper ----------------------------------------------------------------------------
