@@ -12,7 +12,9 @@ of a stored row, their stored form; ``tenants=`` and ``spread_seconds=`` of
 * an accepted entry is sent at its due time without any error, once to each schema it
   names that exists (public included), or once to every tenant;
 * no message carries a ``_schema_name`` that is not an existing schema (or public);
-* the SQL text beat sends is the same whatever the options: no value is spliced in.
+* the SQL text beat sends is the same whatever the options: no value is spliced in;
+* tenants with any schema name django-tenants accepts (``%`` included) are read, sent to
+  and saved by the database scheduler.
 """
 
 from __future__ import annotations
