@@ -68,6 +68,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import click
 import pytest
 from celery import _state as celery_state
 from celery.beat import Scheduler
@@ -221,10 +222,17 @@ def celery_command(words: list[str]) -> tuple[dict[str, Any], str, dict[str, Any
     """
     assert words[0] == "celery", words
     obj = CLIContext(app=tests_app, no_color=True, workdir=None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # click's protected_args
-        context = celery_cli.make_context("celery", words[1:], obj=obj)
-        rest = [*getattr(context, "protected_args", ()), *context.args]
+    # Up to Celery 5.6, -A is converted while the line is parsed, by importing the app;
+    # from 5.7 on it stays the string that the command imports later. Keep the string.
+    (app_option,) = [param for param in celery_cli.params if param.name == "app"]
+    app_type, app_option.type = app_option.type, click.UNPROCESSED
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # click's protected_args
+            context = celery_cli.make_context("celery", words[1:], obj=obj)
+            rest = [*getattr(context, "protected_args", ()), *context.args]
+    finally:
+        app_option.type = app_type
     name, command, arguments = celery_cli.resolve_command(context, rest)
     assert name is not None and command is not None, words
     sub = command.make_context(name, arguments, parent=context)
