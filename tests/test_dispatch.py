@@ -10,7 +10,9 @@ from django.test.utils import CaptureQueriesContext
 from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
 from tenant_schemas_celery.fanout import spread_offset
 from tests import beat_helpers
+from tests.beat_helpers import drain
 from tests.conftest import BROKERS
+from tests.project.celery import app
 from tests.project.customers.models import Client
 from tests.project.notes import tasks
 from tests.workers import worker
@@ -64,10 +66,12 @@ def test_explicit_tenants_and_schema_names(tenants, published):
     results = tasks.whereami.delay_for_tenants(tenants=[tenants["tenant2"], "public", "nobody"])
     assert sorted(results) == ["public", "tenant2"]
     assert sorted(schema for schema, _ in published) == ["public", "tenant2"]
+    # (the messages are not for a worker: taken off the default queue)
+    assert len(drain(app.conf.task_default_queue)) == 2
 
 
-def test_spread_is_stable_per_tenant(tenants, published):
-    tasks.whereami.apply_async_for_tenants(spread_seconds=300, queue="tsc-dispatch-unused")
+def test_spread_is_stable_per_tenant(tenants, published, beat_queue):
+    tasks.whereami.apply_async_for_tenants(spread_seconds=300, queue=beat_queue)
     etas = dict(published)
     assert set(etas) == {"tenant1", "tenant2"}
     assert all(etas.values())
