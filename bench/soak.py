@@ -4,9 +4,10 @@ Run (PostgreSQL, Redis and RabbitMQ on their local default ports, see README):
 
     python bench/soak.py --tasks 100000 --tenants 1000 --pool prefork --broker redis
 
-It creates its own database (``tsc_soak``, dropped and re-created), makes the tenants
-cheaply (schemas cloned by SQL, tenant rows bulk-inserted), starts one real worker, and
-sends the mix of ``tests/isolation.py`` in batches. The last line is the summary:
+It creates its own database (``tsc_soak``, dropped and re-created; dropped at the end
+unless ``--keep-db``), makes the tenants cheaply (schemas cloned by SQL, tenant rows
+bulk-inserted), starts one real worker, and sends the mix of ``tests/isolation.py`` in
+batches. Each lost or misrouted run is printed with its token, kind and schema. The last line is the summary:
 ``sent=... run=... misrouted=0 lost=0 ...``; the exit status is 1 if any run was
 misrouted or lost.
 """
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--broker", default="redis", choices=["redis", "amqp"])
     parser.add_argument("--batch", type=int, default=2_000)
     parser.add_argument("--seed", default="soak")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
     options = parser.parse_args()
 
     from tests import conftest, isolation  # sets Django up
@@ -77,8 +79,25 @@ def main() -> int:
                 print(f"  {problem}", flush=True)
     finally:
         process.stop()
+        _clean_up(options.keep_db)
     print(f"tenants={options.tenants} pool={options.pool} broker={options.broker} {totals.line()}")
     return 1 if totals.misrouted or totals.lost else 0
+
+
+def _clean_up(keep_db: bool) -> None:
+    """Delete the run's queue and probe records, and drop its database unless kept."""
+    from django.db import connections
+
+    from tests import conftest
+    from tests.project.celery import app
+    from tests.project.notes.tasks import PROBES_KEY, events
+
+    events().delete(PROBES_KEY)
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_delete(app.conf.task_default_queue)
+    connections.close_all()
+    if not keep_db:
+        conftest._drop_database()
 
 
 def clone_tenants(count: int) -> list[str]:
