@@ -7,9 +7,9 @@ Run (PostgreSQL, Redis and RabbitMQ on their local default ports, see README):
 It creates its own database (``tsc_soak``, dropped and re-created; dropped at the end
 unless ``--keep-db``), makes the tenants cheaply (schemas cloned by SQL, tenant rows
 bulk-inserted), starts one real worker, and sends the mix of ``tests/isolation.py`` in
-batches. Each lost or misrouted run is printed with its token, kind and schema. The last line is the summary:
-``sent=... run=... misrouted=0 lost=0 ...``; the exit status is 1 if any run was
-misrouted or lost.
+batches. Each lost or misrouted run is printed with its token, kind and schema. The
+last line is the summary: ``sent=... run=... misrouted=0 lost=0 ...``; the exit status
+is 1 if any run was misrouted or lost.
 """
 
 from __future__ import annotations
