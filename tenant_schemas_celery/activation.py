@@ -72,7 +72,7 @@ def enter(task: Any) -> Activation:
         schema_name = schema_name_from_request(request, public)
         targets = [_tenant_connection(alias) for alias in tenant_databases(task)]
         for connection in targets:
-            _drop_if_broken(connection, deferred)
+            _check_connection(connection, deferred)
         if schema_name != public:
             tenant = lookup_tenant(task, schema_name, tenant_cache_seconds(task))
     except Exception as exc:
@@ -141,7 +141,7 @@ def _tenant_connection(alias: str) -> Any:
     return connection
 
 
-def _drop_if_broken(connection: Any, in_worker: bool) -> None:
+def _check_connection(connection: Any, in_worker: bool) -> None:
     """Close a connection that no longer works (say, after a PostgreSQL restart).
 
     Django checks this around web requests; a worker reusing its connections
