@@ -10,8 +10,8 @@ Shared by every scheduler of the package. Beat only has to *send* a message whos
   (and logged once), found with one query for all of them.
 * Spread: ``tenant_spread_seconds`` gives each schema a stable countdown offset.
 * Sending: every message goes through one producer (one broker connection), in
-  pipelines where kombu supports it (Redis), and no database query is made per
-  tenant.
+  pipelines where kombu supports it (Redis), no database query is made per
+  tenant, and the result backend is not asked to watch for results beat never reads.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from celery import _state as celery_state
 from celery.beat import BeatLazyFunc
 from celery.utils.log import get_logger
 from django.db import connections
@@ -225,7 +226,9 @@ def send_to_schemas(
     countdown (numeric ``expires`` move with it). Arguments made with
     ``BeatLazyFunc`` are evaluated once for the whole run. Where kombu can
     (``Producer.batch``: Redis), the messages are written in pipelines of
-    ``PUBLISH_BATCH_SIZE``, not one round trip each.
+    ``PUBLISH_BATCH_SIZE``, not one round trip each. The messages are the same as
+    Celery's beat sends, but the result backend does not subscribe to their results
+    (see ``results_not_awaited``).
 
     The first failed send is logged and ends the run: the failure (broker down,
     arguments that cannot be serialized) would be the same for the other schemas.
@@ -237,7 +240,7 @@ def send_to_schemas(
     window = getattr(entry, "tenant_spread_seconds", 0.0)  # entries of other classes: none
     sent: list[str] = []
     try:
-        with app.producer_or_acquire(producer) as shared, _batched(shared):
+        with results_not_awaited(), app.producer_or_acquire(producer) as shared, _batched(shared):
             for schema_name in schemas:
                 options = _options_for(base, schema_name, spread_offset(schema_name, window))
                 try:
@@ -277,6 +280,29 @@ def _sender(app: Any, entry: FanoutEntry) -> Callable[[Any, dict[str, Any]], Any
     return lambda producer, options: app.send_task(
         entry.task, args, kwargs, producer=producer, **options
     )
+
+
+@contextmanager
+def results_not_awaited() -> Iterator[None]:
+    """Within the block, tell Celery's result backend that no one here waits for a result.
+
+    Celery's Redis result backend subscribes to the result of every message it
+    sends, and unsubscribes when the ``AsyncResult`` is freed: two round trips per
+    message, not pipelined; the RPC backend declares a reply queue, where results
+    then pile up. Beat never reads a result. Celery skips that work in processes
+    where joining a result would block (its worker processes): the block sets that
+    flag (``celery._state``), and restores it at the end. The messages do not
+    change, so the worker stores each result as usual.
+    """
+    set_flag = getattr(celery_state, "_set_task_join_will_block", None)
+    if set_flag is None or celery_state.task_join_will_block():
+        yield
+        return
+    set_flag(True)
+    try:
+        yield
+    finally:
+        set_flag(False)
 
 
 @contextmanager

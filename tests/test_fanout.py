@@ -12,12 +12,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery._state import _set_task_join_will_block, task_join_will_block
 from celery.beat import BeatLazyFunc
 
 from tenant_schemas_celery._sql import pg_array, quote_ident
 from tenant_schemas_celery.fanout import (
     OnceLog,
     TenantTargets,
+    results_not_awaited,
     send_to_schemas,
     spread_offset,
     validate_schema_list,
@@ -232,3 +234,42 @@ def test_messages_are_written_in_batches(beat_queue: str, monkeypatch: Any) -> N
         monkeypatch.undo()
     assert sizes == [1000]
     assert schemas_of(drain(beat_queue)) == ["a", "b"]
+
+
+def redis_subscribe_calls() -> int:
+    """How many SUBSCRIBE commands the result backend's Redis server ran so far."""
+    import redis
+
+    stats = redis.Redis.from_url(app.conf.result_backend).info("commandstats")
+    return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
+
+
+def test_the_result_backend_does_not_watch_the_results_of_a_run(beat_queue: str) -> None:
+    # Celery's Redis result backend subscribes to the result of each message sent...
+    before = redis_subscribe_calls()
+    app.send_task(TASK, queue=beat_queue)
+    assert redis_subscribe_calls() > before
+    # ...but not to those of a run, which beat never reads
+    before = redis_subscribe_calls()
+    send_to_schemas(app, fanout_entry(beat_queue), ["a", "b", "c"])
+    assert redis_subscribe_calls() == before
+    messages = drain(beat_queue)[1:]
+    # The messages are unchanged: the worker stores their results as usual
+    assert schemas_of(messages) == ["a", "b", "c"]
+    assert [message["ignore_result"] for message in messages] == [False] * 3
+    assert not task_join_will_block()
+
+
+def test_results_not_awaited_restores_the_flag() -> None:
+    with pytest.raises(RuntimeError), results_not_awaited():
+        assert task_join_will_block()
+        raise RuntimeError("send failed")
+    assert not task_join_will_block()
+    # Where joining already blocks (a worker process), it stays so
+    _set_task_join_will_block(True)
+    try:
+        with results_not_awaited():
+            pass
+        assert task_join_will_block()
+    finally:
+        _set_task_join_will_block(False)
