@@ -289,7 +289,8 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._states: dict[str, _SchemaState] = {}
-        self._pending: tuple[dict[str, _Signature], set[str]] | None = None
+        self._pending: tuple[dict[str, _Signature], set[str], str] | None = None
+        self._digest: str | None = None
         self._conflicts: list[Conflict] = []
         self._lenient = 0
         self._last_check = -float("inf")
@@ -367,8 +368,10 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
     def schedule_changed(self) -> bool:
         """Return whether rows changed in some schema, or a schema came or went.
 
-        One statement whatever the number of tenants (see ``_signatures``), at most
-        every ``check_interval`` seconds; every ``full_read_interval`` seconds, True
+        At most every ``check_interval`` seconds, one statement whatever the number
+        of tenants: a digest of every schema's signature (see ``_signatures``),
+        computed by PostgreSQL. Only when it differs from the last one are the
+        signatures read and compared. Every ``full_read_interval`` seconds, True
         without a check: every schema is read again.
         """
         if time.monotonic() - self._last_check < self.check_interval:
@@ -378,7 +381,9 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             self._pending = None
             return True
         try:
-            survey = self._survey()
+            digest, survey = self._survey(self._digest)
+            if survey is None:
+                return False
         except DatabaseError as exc:
             logger.exception("beat: Database error while checking for changes: %r", exc)
             return False
@@ -391,7 +396,9 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         }
         stale |= known.keys() - survey.keys()
         if stale:
-            self._pending = (survey, stale)
+            self._pending = (survey, stale, digest)
+        else:
+            self._digest = digest
         return bool(stale)
 
     def all_as_schedule(self) -> dict[str, Any]:
@@ -405,11 +412,14 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         try:
             if pending is None:
                 self._last_check = time.monotonic()
-                survey = self._survey()
+                digest, survey = self._survey()
+                assert survey is not None
                 self._reload(survey, survey.keys() | self._states.keys())
                 self._last_full_read = self._last_check
             else:
-                self._reload(*pending)
+                survey, stale, digest = pending
+                self._reload(survey, stale)
+            self._digest = digest  # the schedule now reflects this digest
         except (DatabaseError, InterfaceError) as exc:
             logger.exception("beat: Could not read the periodic tasks; retrying: %r", exc)
             self._last_check = -float("inf")
@@ -501,16 +511,36 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
                 "picked up by the full reload every 5 minutes."
             )
 
-    def _survey(self) -> dict[str, _Signature]:
-        """Return the signatures of public and every tenant schema with beat tables, in order."""
+    def _survey(self, known: str | None = None) -> tuple[str, dict[str, _Signature] | None]:
+        """Return the digest of all signatures, and the signatures of public and every tenant
+        schema with beat tables, in order; the signatures are None (not read) when the
+        digest is ``known``.
+        """
         connection = self._connection()
-        tenants = queryset_sql(self.get_queryset(), "schema_name", connection.alias)
-        with closing_on_error(connection), connection.cursor() as cursor:
-            rows = _signatures(cursor, public_schema_name(), *tenants)
         public = public_schema_name()
+        sql, params = _signatures_sql(
+            public, *queryset_sql(self.get_queryset(), "schema_name", connection.alias)
+        )
+        with closing_on_error(connection), connection.cursor() as cursor:
+            # The digest comes first: a change made between the two statements is in the
+            # signatures, and makes the next digest differ from this one. It is the sum
+            # of a 64-bit hash of each row (an order-free checksum; sorting costs more).
+            cursor.execute(
+                "SELECT count(*) || ':' || coalesce(sum(hashtextextended(s::text, 0)::numeric), 0) "
+                f"FROM ({sql}) s",
+                params,
+            )
+            (digest,) = cursor.fetchone()
+            if digest == known:
+                return digest, None
+            cursor.execute(sql, params)
+            rows = {
+                name: None if changes is None or tasks is None else (changes, tasks, *counters)
+                for name, changes, tasks, *counters in cursor
+            }
         names = [public, *sorted(valid_schema_names(set(rows) - {public}, self._invalid))]
         self._no_tables.update([name for name in names if rows.get(name) is None], names)
-        return {name: signature for name in names if (signature := rows.get(name))}
+        return digest, {name: signature for name in names if (signature := rows.get(name))}
 
     def _reload(self, survey: Mapping[str, _Signature], stale: set[str]) -> None:
         reading = [name for name in survey if name in stale]
@@ -561,10 +591,11 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         return schedule
 
 
-def _signatures(
-    cursor: Any, public: str, tenants_sql: str, tenants_params: Sequence[Any]
-) -> dict[str, _Signature | None]:
-    """Return the signature of public and of every tenant schema (None: no beat tables).
+def _signatures_sql(
+    public: str, tenants_sql: str, tenants_params: Sequence[Any]
+) -> tuple[str, list[Any]]:
+    """Return the statement selecting ``(name, changes, tasks, changes counter, tasks counter)``
+    of public and of every tenant schema (oids NULL: no beat tables), and its parameters.
 
     One statement for all schemas, which reads none of their tables: the tenants
     come from the scheduler's queryset, as a subquery; the change marker and task
@@ -573,7 +604,7 @@ def _signatures(
     the change marker table (django-celery-beat updates it on every change), rows
     inserted or deleted in the task table (beat's own bookkeeping only updates).
     """
-    cursor.execute(
+    return (
         # MATERIALIZED: each to_regclass runs once per schema, not once per use.
         "WITH w AS (SELECT %s::text AS name UNION SELECT q.name::text "
         f"FROM ({tenants_sql}) AS q(name)), "
@@ -581,14 +612,11 @@ def _signatures(
         "to_regclass(quote_ident(w.name) || '.' || quote_ident(%s))::oid AS changes, "
         "to_regclass(quote_ident(w.name) || '.' || quote_ident(%s))::oid AS tasks FROM w) "
         "SELECT name, changes, tasks, "
-        "pg_stat_get_tuples_inserted(changes) + pg_stat_get_tuples_updated(changes), "
-        "pg_stat_get_tuples_inserted(tasks) + pg_stat_get_tuples_deleted(tasks) FROM r",
+        "pg_stat_get_tuples_inserted(changes) + pg_stat_get_tuples_updated(changes) AS changed, "
+        "pg_stat_get_tuples_inserted(tasks) + pg_stat_get_tuples_deleted(tasks) AS added "
+        "FROM r",
         [public, *tenants_params, PeriodicTasks._meta.db_table, PeriodicTask._meta.db_table],
     )
-    return {
-        name: None if changes is None or tasks is None else (changes, tasks, *counters)
-        for name, changes, tasks, *counters in cursor
-    }
 
 
 def _select_per_schema(

@@ -469,6 +469,38 @@ def test_statements_do_not_grow_with_tenants(beat_queue: str, started: Any) -> N
     assert counts[14][2] == counts[34][2]
 
 
+def test_a_check_without_change_fetches_one_row(beat_queue: str, started: Any) -> None:
+    with sql_tenants("quiet_a", "quiet_b"):
+        add_task("quiet_a", "job@quiet_a", queue=beat_queue)
+        scheduler = started()
+        scheduler.schedule  # noqa: B018 -- the first check after the full read
+        # Nothing changed: one statement, one row (a digest), whatever the tenant count
+        assert fetched(lambda: scheduler.schedule) == [1]
+        add_task("quiet_b", "job@quiet_b", queue=beat_queue)
+        changed()
+        # A change: the digest differs, then every schema's signature is read (public,
+        # quiet_a, quiet_b and the tenants other tests left)
+        rows = fetched(lambda: scheduler.schedule)
+        assert rows[0] == 1 and rows[1] >= 3
+        assert scheduler.schedule["job@quiet_b"].schema_name == "quiet_b"
+        assert fetched(lambda: scheduler.schedule) == [1]
+
+
+def fetched(block: Any) -> list[int]:
+    """Run ``block()``; return the number of rows of each statement it sent through Django."""
+    counts: list[int] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if not sql.startswith("SET search_path"):
+            counts.append(context["cursor"].rowcount)
+        return result
+
+    with connection.execute_wrapper(record):
+        block()
+    return counts
+
+
 def test_large_reads_skip_empty_task_tables(beat_queue: str, started: Any) -> None:
     with sql_tenants("idle_a", "idle_b", "busy_a"):
         add_task("busy_a", "job@busy_a", queue=beat_queue)
