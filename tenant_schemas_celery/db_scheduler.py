@@ -14,14 +14,16 @@ with schema-qualified SQL. This is the only module that imports django-celery-be
 
 Scale: rows are read with one ``UNION ALL`` statement per ``batch_size`` schemas,
 and after a change only for the schemas that changed. Changes are found without
-reading the schemas' tables: one statement compares PostgreSQL's activity counters
-of each schema's ``django_celery_beat_periodictasks`` table (which django-celery-beat
-updates on every change) and of its ``django_celery_beat_periodictask`` table (rows
-inserted or deleted). A change made through the ORM reaches PostgreSQL's statistics
-when its transaction ends (see ``signals._publish_beat_change``); other writers' within
-about a second of the commit (PostgreSQL 15+: up to 10 s when the writing connection
-had flushed its statistics less than a second before). Every ``full_read_interval``
-seconds (5 minutes) every schema is read again, whatever the counters say.
+reading the schemas' tables, from PostgreSQL's activity counters of each schema's
+``django_celery_beat_periodictasks`` table (which django-celery-beat updates on every
+change) and of its ``django_celery_beat_periodictask`` table (rows inserted or
+deleted): one statement returns a digest of them all, and only when it differs from
+the last one does a second statement fetch each schema's. A change made through the
+ORM reaches PostgreSQL's statistics when its transaction ends (see
+``signals._publish_beat_change``); other writers' within about a second of the commit
+(PostgreSQL 15+: up to 10 s when the writing connection had flushed its statistics
+less than a second before). Every ``full_read_interval`` seconds (5 minutes) every
+schema is read again, whatever the counters say.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from kombu.utils.objects import cached_property
 from ._sql import batches, closing_on_error, pg_array, queryset_sql, quote_ident, quote_schema
 from .capture import SCHEMA_HEADER, current_schema_name
 from .conf import public_schema_name
+from .exceptions import TenantConfigurationError, _short_repr
 from .fanout import (
     ALL_TENANTS_HEADER,
     SPREAD_HEADER,
@@ -173,16 +176,32 @@ def row_targets(
 
     Raises:
         InvalidSchemaName: a public row's ``_schema_name`` header is not a schema name.
-        TenantConfigurationError: the ``_tenant_spread_seconds`` header is malformed.
+        TenantConfigurationError: the ``_tenant_spread_seconds`` header is malformed, or
+            a public row's ``_all_tenants_only`` header is neither true nor false.
     """
     spread = validate_spread(headers.get(SPREAD_HEADER))
     public = public_schema_name()
     if schema_name != public:
         return (schema_name,), spread
-    if headers.get(ALL_TENANTS_HEADER):
+    if _flag(headers.get(ALL_TENANTS_HEADER), ALL_TENANTS_HEADER):
         return None, spread
     target = headers.get(SCHEMA_HEADER)
     return (public if target is None else validate_schema_name(target),), spread
+
+
+def _flag(value: object, header: str) -> bool:
+    """Return the boolean a header holds: JSON true, false or null, or "true" / "false".
+
+    Anything else is refused: a truthy string such as ``"no"`` must not send a row to
+    every tenant.
+    """
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise TenantConfigurationError(
+        f"the {header} header must be true or false, got {_short_repr(value)}."
+    )
 
 
 def _target_headers(

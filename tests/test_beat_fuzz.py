@@ -351,7 +351,8 @@ def test_fuzzed_options_database_scheduler(beat_queue: str, tenant_schemas: Any,
 #: Header values of a stored row: anything JSON holds (NaN and infinities included).
 JSON_VALUES = st.one_of(
     st.just(ABSENT), st.none(), NAMES, st.booleans(), st.integers(), st.floats(),
-    st.sampled_from([1e308, 10**30, -1, "300"]), st.lists(NAMES, max_size=2),
+    st.sampled_from([1e308, 10**30, -1, "300", "false", " TRUE", "no"]),
+    st.lists(NAMES, max_size=2),
     st.dictionaries(st.text(max_size=3), NAMES, max_size=1),
 )  # fmt: skip
 
@@ -361,7 +362,12 @@ def expected_row_targets(schema_name: str, headers: dict[str, Any]) -> Any:
     expected_targets(ABSENT, headers.get("_tenant_spread_seconds", ABSENT), prefix="_tenant_")
     if schema_name != "public":
         return [schema_name]
-    if headers.get("_all_tenants_only"):
+    every = headers.get("_all_tenants_only")
+    if isinstance(every, str) and every.strip().lower() in ("true", "false"):
+        every = every.strip().lower() == "true"
+    elif not (every is None or isinstance(every, bool)):
+        raise Refused("_all_tenants_only")
+    if every:
         return None
     target = headers.get("_schema_name")  # null: no header, public
     if target is None:

@@ -17,7 +17,8 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask, PeriodicTasks
 from django_tenants.utils import schema_context
 
-from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
+from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler, row_targets
+from tenant_schemas_celery.exceptions import TenantConfigurationError
 from tests import beat_helpers
 from tests.beat_helpers import (
     TASK,
@@ -123,6 +124,20 @@ def test_public_rows_may_target_a_schema_or_every_tenant_with_spread(
     spread = [m for m in messages if m["periodic_task_name"].startswith("all@")]
     assert all(m["eta"] for m in spread)
     assert all("_all_tenants_only" not in m for m in messages)
+
+
+def test_the_all_tenants_header_is_true_or_false() -> None:
+    assert row_targets("public", {"_all_tenants_only": True}) == (None, 0.0)
+    assert row_targets("public", {"_all_tenants_only": " TRUE"}) == (None, 0.0)
+    # A string a person typed in the admin means what it says
+    assert row_targets("public", {"_all_tenants_only": "false"}) == (("public",), 0.0)
+    assert row_targets("public", {"_all_tenants_only": None}) == (("public",), 0.0)
+    with pytest.raises(
+        TenantConfigurationError, match="_all_tenants_only header must be true or false, got 'no'"
+    ):
+        row_targets("public", {"_all_tenants_only": "no"})
+    # A tenant's row stays in its tenant, whatever its headers say
+    assert row_targets("tenant1", {"_all_tenants_only": "no"}) == (("tenant1",), 0.0)
 
 
 def test_a_reload_does_not_send_again_what_already_ran(beat_queue: str, started: Any) -> None:
