@@ -12,7 +12,9 @@ public.... INCLUDING ALL)``) with one interval schedule, one enabled periodic ta
 (``job@<schema>``) and its change marker row, and a ``Client`` row (one ``INSERT``
 for all). With ``--task-every N`` only every N-th tenant has the schedule, task and
 marker rows (the others' tables are empty, as for tenants that never had a periodic
-task of their own). The database is dropped at the end (``--keep-db`` keeps it).
+task of their own). The database is dropped at the end (``--keep-db`` keeps it);
+``--reuse-db`` measures a database kept by an earlier run, adding only the tenants
+it lacks (made with the same ``--task-every``).
 
 Measured for each tenant count, with ``TenantAwareDatabaseScheduler`` (statements
 are those sent through Django, ``SET search_path`` included):
@@ -68,6 +70,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tenants", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--database", default="tsc_bench_beat")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
+    parser.add_argument(
+        "--reuse-db",
+        action="store_true",
+        help="measure the database a --keep-db run left (implies --keep-db)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="connections creating schemas")
     parser.add_argument(
         "--task-every", type=int, default=1, help="only every N-th tenant has a periodic task"
@@ -124,6 +131,16 @@ def tenant_statements(name: str, with_task: bool = True) -> list[str]:
         "VALUES (1, now())",
     ]
     return statements
+
+
+def existing_tenants() -> int:
+    """Return how many bench tenants the database holds (they are numbered from 0)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM customers_client WHERE schema_name LIKE 'bench%%'")
+        (count,) = cursor.fetchone()
+    return int(count)
 
 
 def add_tenants(start: int, stop: int, workers: int, task_every: int) -> None:
@@ -346,16 +363,24 @@ def print_table(rows: dict[int, dict[str, Result]]) -> None:
 def main() -> None:
     args = parse_args()
     setup_django(args.database)
-    print(f"Creating database {args.database}...", flush=True)
-    create_database(args.database)
+    if args.reuse_db:
+        args.keep_db = True
+        made = existing_tenants()
+        print(f"Reusing database {args.database}: {made:,} tenants", flush=True)
+    else:
+        print(f"Creating database {args.database}...", flush=True)
+        create_database(args.database)
+        made = 0
     rows: dict[int, dict[str, Result]] = {}
-    made = 0
     try:
         for tenants in sorted(args.tenants):
-            started = time.perf_counter()
-            add_tenants(made, tenants, args.workers, args.task_every)
-            made = tenants
-            print(f"{tenants:,} tenants made in {time.perf_counter() - started:.0f} s", flush=True)
+            if tenants < made:
+                raise SystemExit(f"--tenants {tenants}: the database already holds {made:,}.")
+            if tenants > made:
+                started = time.perf_counter()
+                add_tenants(made, tenants, args.workers, args.task_every)
+                made = tenants
+                print(f"{tenants:,} tenants made in {time.perf_counter() - started:.0f} s")
             rows[tenants] = measure_count(tenants, args.task_every)
             print_table({tenants: rows[tenants]})
     finally:
