@@ -39,6 +39,17 @@ def quote_schema(name: str) -> str:
     return quote_ident(name).replace("%", "%%")
 
 
+def table_in_schema(schema_column: str) -> str:
+    """Return SQL finding the table named by the next ``%s`` parameter in the schema that
+    the SQL expression ``schema_column`` names: its ``regclass``, or NULL if it is missing.
+
+    Example:
+        >>> print(table_in_schema("n"))
+        to_regclass(quote_ident(n) || '.' || quote_ident(%s))
+    """
+    return f"to_regclass(quote_ident({schema_column}) || '.' || quote_ident(%s))"
+
+
 def pg_array(values: Iterable[object]) -> str:
     """Return a PostgreSQL array literal of ``values``, to pass as one parameter.
 

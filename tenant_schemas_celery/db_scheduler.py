@@ -56,7 +56,15 @@ from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from django_celery_beat.utils import NEVER_CHECK_TIMEOUT
 from kombu.utils.objects import cached_property
 
-from ._sql import batches, closing_on_error, pg_array, queryset_sql, quote_ident, quote_schema
+from ._sql import (
+    batches,
+    closing_on_error,
+    pg_array,
+    queryset_sql,
+    quote_ident,
+    quote_schema,
+    table_in_schema,
+)
 from .capture import SCHEMA_HEADER, current_schema_name
 from .conf import public_schema_name
 from .exceptions import TenantConfigurationError, _short_repr
@@ -628,8 +636,8 @@ def _signatures_sql(
         "WITH w AS (SELECT %s::text AS name UNION SELECT q.name::text "
         f"FROM ({tenants_sql}) AS q(name)), "
         "r AS MATERIALIZED (SELECT w.name, "
-        "to_regclass(quote_ident(w.name) || '.' || quote_ident(%s))::oid AS changes, "
-        "to_regclass(quote_ident(w.name) || '.' || quote_ident(%s))::oid AS tasks FROM w) "
+        f"{table_in_schema('w.name')}::oid AS changes, "
+        f"{table_in_schema('w.name')}::oid AS tasks FROM w) "
         "SELECT name, changes, tasks, "
         "pg_stat_get_tuples_inserted(changes) + pg_stat_get_tuples_updated(changes) AS changed, "
         "pg_stat_get_tuples_inserted(tasks) + pg_stat_get_tuples_deleted(tasks) AS added "
@@ -682,7 +690,7 @@ def _with_task_pages(cursor: Any, names: Sequence[str]) -> list[str]:
     """
     cursor.execute(
         "SELECT n FROM unnest(%s::text[]) AS n WHERE pg_catalog.pg_relation_size("
-        "to_regclass(quote_ident(n) || '.' || quote_ident(%s))) IS DISTINCT FROM 0",
+        f"{table_in_schema('n')}) IS DISTINCT FROM 0",
         [pg_array(names), PeriodicTask._meta.db_table],
     )
     kept = {name for (name,) in cursor.fetchall()}
