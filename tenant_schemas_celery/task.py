@@ -131,10 +131,10 @@ class TenantTask(DjangoTask):
         spreads the messages over a window, each tenant at a stable offset. The
         keyword arguments ``tenants`` and ``spread_seconds`` are not passed to the task.
 
-        Example:
-            >>> results = reset_remaining_jobs.delay_for_tenants(spread_seconds=60)
-            >>> sorted(results)
-            ['tenant1', 'tenant2']
+        Example (tenants ``tenant1`` and ``tenant2``)::
+
+            results = reset_remaining_jobs.delay_for_tenants(spread_seconds=60)
+            sorted(results)  # ['tenant1', 'tenant2']
         """
         return send_to_tenants(self, args, kwargs, tenants=tenants, spread_seconds=spread_seconds)
 
