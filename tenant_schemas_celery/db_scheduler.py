@@ -110,8 +110,14 @@ class TenantAwareModelEntry(ModelEntry):
     schema_name: str
     tenant_schemas: tuple[str, ...] | None
     tenant_spread_seconds: float
+    #: The row's values when the entry was made (see ``row_values``): a read of the row
+    #: that finds them again keeps the entry. They are taken before django-celery-beat
+    #: fills in a missing ``last_run_at``; an entry made after a run holds the values
+    #: that ``save()`` writes.
+    read_values: tuple[Any, ...]
 
     def __init__(self, model: PeriodicTask, app: Any = None) -> None:
+        self.read_values = row_values(model)
         self.schema_name = schema_of(model)
         super().__init__(model, app=app)
         self.tenant_schemas, self.tenant_spread_seconds = row_targets(
@@ -576,12 +582,21 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             rows[schema_of(row)].append(row)
         states = self._states
         for name in reading:
-            states[name] = _SchemaState(survey[name], self._entries(name, rows[name]))
+            entries = self._entries(name, rows[name], states.get(name))
+            states[name] = _SchemaState(survey[name], entries)
         self._states = {name: states[name] for name in survey if name in states}
 
-    def _entries(self, schema_name: str, rows: list[PeriodicTask]) -> dict[str, Any]:
+    def _entries(
+        self, schema_name: str, rows: list[PeriodicTask], previous: _SchemaState | None
+    ) -> dict[str, Any]:
+        """Return the entries of ``rows``; a row read again unchanged keeps its entry."""
+        known = previous.entries if previous is not None else {}
         entries = {}
         for row in rows:
+            kept = known.get(row.name)
+            if kept is not None and kept.read_values == row_values(row):
+                entries[row.name] = kept
+                continue
             try:
                 entries[row.name] = self.Entry(row, app=self.app)
             except Exception as exc:
@@ -616,6 +631,21 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
                 conflict.second_schema,
             )
         return schedule
+
+
+def row_values(model: PeriodicTask) -> tuple[Any, ...]:
+    """Return the values of a ``PeriodicTask`` row and of its schedule row, to compare reads."""
+    values: list[Any] = [
+        getattr(model, field.attname) for field in PeriodicTask._meta.concrete_fields
+    ]
+    for field_name, schedule_model in SCHEDULE_MODELS.items():
+        schedule = PeriodicTask._meta.get_field(field_name).get_cached_value(model, default=None)
+        values.append(
+            None
+            if schedule is None
+            else tuple(getattr(schedule, f.attname) for f in schedule_model._meta.concrete_fields)
+        )
+    return tuple(values)
 
 
 def _signatures_sql(

@@ -390,6 +390,39 @@ def test_every_schema_is_read_again_every_full_read_interval(beat_queue: str, st
     assert scheduler.schedule["job"].kwargs == {"raw": True}
 
 
+def test_a_full_read_keeps_the_entries_of_unchanged_rows(beat_queue: str, started: Any) -> None:
+    add_task("tenant1", "same", queue=beat_queue)
+    add_task("tenant1", "edited", queue=beat_queue)
+    add_task("tenant2", "rescheduled", queue=beat_queue)
+    scheduler = started()
+    before = dict(scheduler.schedule)
+    with connection.cursor() as cursor:  # untracked edits: only a full read sees them
+        cursor.execute(
+            'UPDATE "tenant1".django_celery_beat_periodictask SET kwargs = %s WHERE name = %s',
+            ['{"raw": true}', "edited"],
+        )
+        cursor.execute(
+            'UPDATE "tenant2".django_celery_beat_intervalschedule SET every = 7 '
+            'WHERE id = (SELECT interval_id FROM "tenant2".django_celery_beat_periodictask '
+            "WHERE name = 'rescheduled')"
+        )
+    scheduler.full_read_interval = 0
+    after = scheduler.schedule
+    # An unchanged row keeps its entry (no entry is built again for it)...
+    assert after["same"] is before["same"]
+    # ...an edited row or schedule gets a new one
+    assert after["edited"] is not before["edited"]
+    assert after["edited"].kwargs == {"raw": True}
+    assert after["rescheduled"] is not before["rescheduled"]
+    assert after["rescheduled"].schedule.run_every.total_seconds() == 7
+    # A run counted and saved: the row read again matches the entry
+    scheduler.full_read_interval = 300
+    new_entry = scheduler.reserve(after["same"])
+    scheduler.sync()
+    scheduler.full_read_interval = 0
+    assert scheduler.schedule["same"] is new_entry
+
+
 def test_tenants_created_or_dropped_while_running(beat_queue: str, started: Any) -> None:
     scheduler = started()
     with sql_tenants("late"):
