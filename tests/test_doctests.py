@@ -7,6 +7,7 @@ import importlib
 import pkgutil
 
 import pytest
+from celery._state import _set_current_app, get_current_app
 
 import tenant_schemas_celery
 
@@ -19,8 +20,15 @@ MODULES = sorted(
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str) -> None:
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    # An example that creates a Celery app makes it the current app, which shared tasks
+    # of later tests would then use: the test project's app is made current again.
+    current = get_current_app()
+    try:
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    finally:
+        _set_current_app(current)
     assert result.failed == 0
+    assert get_current_app() is current
 
 
 def test_examples_exist() -> None:
