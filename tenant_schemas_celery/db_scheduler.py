@@ -402,7 +402,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         """Return whether rows changed in some schema, or a schema came or went.
 
         At most every ``check_interval`` seconds, one statement whatever the number
-        of tenants: a digest of every schema's signature (see ``_signatures``),
+        of tenants: a digest of every schema's signature (see ``_signatures_sql``),
         computed by PostgreSQL. Only when it differs from the last one are the
         signatures read and compared. Every ``full_read_interval`` seconds, True
         without a check: every schema is read again.

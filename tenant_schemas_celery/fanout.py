@@ -293,6 +293,10 @@ def results_not_awaited() -> Iterator[None]:
     where joining a result would block (its worker processes): the block sets that
     flag (``celery._state``), and restores it at the end. The messages do not
     change, so the worker stores each result as usual.
+
+    The flag is process-wide: while it is set, ``AsyncResult.get()`` in another thread
+    of the process raises ``RuntimeError``, as in a worker. A beat process has no such
+    thread; do not send fan-outs from a process whose threads wait for results.
     """
     set_flag = getattr(celery_state, "_set_task_join_will_block", None)
     if set_flag is None or celery_state.task_join_will_block():
