@@ -22,6 +22,7 @@ from django.db import connection, connections
 from django_tenants.utils import schema_context
 
 from tenant_schemas_celery.cache import tenant_cache
+from tests.beat_helpers import beat_db, beat_queue  # noqa: F401 -- fixtures of the beat tests
 from tests.celery_backports import defer_nested_result_unsubscribes
 from tests.project.celery import app
 from tests.project.customers.models import Client, Domain

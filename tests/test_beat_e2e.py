@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from tests import beat_helpers
 from tests.beat_e2e_app import ROW_TASK, events
 from tests.beat_helpers import add_task, every_tenant
 from tests.conftest import BROKERS, create_tenant
@@ -27,7 +26,6 @@ from tests.project.customers.models import Client
 from tests.workers import CeleryProcess, worker
 
 pytestmark = pytest.mark.integration
-beat_db = beat_helpers.beat_db
 SCHEDULER = "tenant_schemas_celery.scheduler.TenantAwareScheduler"
 DB_SCHEDULER = "tenant_schemas_celery.db_scheduler.TenantAwareDatabaseScheduler"
 INTERVAL = 1.0

@@ -42,7 +42,6 @@ from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurat
 from tenant_schemas_celery.fanout import MAX_SPREAD_SECONDS
 from tenant_schemas_celery.resolution import validate_schema_name
 from tenant_schemas_celery.scheduler import TenantAwarePersistentScheduler, TenantAwareScheduler
-from tests import beat_helpers
 from tests.beat_helpers import (
     TASK,
     add_task,
@@ -58,8 +57,6 @@ from tests.project.celery import app
 from tests.project.customers.models import Client
 from tests.project.notes import tasks
 
-beat_db = beat_helpers.beat_db
-beat_queue = beat_helpers.beat_queue
 pytestmark = pytest.mark.usefixtures("beat_db")
 
 #: Django's savepoint names hold a counter: not a value of ours.

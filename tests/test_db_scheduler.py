@@ -19,7 +19,6 @@ from django_tenants.utils import schema_context
 
 from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler, row_targets
 from tenant_schemas_celery.exceptions import TenantConfigurationError
-from tests import beat_helpers
 from tests.beat_helpers import (
     TASK,
     add_task,
@@ -35,8 +34,6 @@ from tests.beat_helpers import (
 )
 from tests.project.celery import app
 
-beat_db = beat_helpers.beat_db
-beat_queue = beat_helpers.beat_queue
 pytestmark = pytest.mark.usefixtures("beat_db")
 
 

@@ -9,7 +9,6 @@ from django.test.utils import CaptureQueriesContext
 
 from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
 from tenant_schemas_celery.fanout import spread_offset
-from tests import beat_helpers
 from tests.beat_helpers import drain
 from tests.conftest import BROKERS
 from tests.project.celery import app
@@ -18,7 +17,6 @@ from tests.project.notes import tasks
 from tests.workers import worker
 
 TIMEOUT = 30
-beat_queue = beat_helpers.beat_queue  # a queue deleted after the test
 
 
 _published: list | None = None

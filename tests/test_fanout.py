@@ -25,12 +25,8 @@ from tenant_schemas_celery.fanout import (
     validate_schema_list,
 )
 from tenant_schemas_celery.scheduler import TenantAwareScheduler
-from tests import beat_helpers
 from tests.beat_helpers import TASK, drain, every_tenant, schemas_of, sql_tenants, statements
 from tests.project.celery import app
-
-beat_db = beat_helpers.beat_db
-beat_queue = beat_helpers.beat_queue
 
 
 def fanout_entry(queue: str, **fields: Any) -> Any:

@@ -110,8 +110,6 @@ SCRATCH_TASKS = re.compile(r"^(myapp|my_app)\.tasks\.")
 #: Tasks that a test sends to the scratch queue, to read their messages back.
 scratch_routed: set[str] = set()
 
-beat_db = beat_helpers.beat_db
-
 
 # Reading the README ----------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from tenant_schemas_celery.scheduler import (
     TenantAwareScheduler,
     expand_entry,
 )
-from tests import beat_helpers
 from tests.beat_helpers import (
     TASK,
     beat_schedule,
@@ -37,8 +36,6 @@ from tests.beat_helpers import (
 )
 from tests.project.celery import app
 
-beat_db = beat_helpers.beat_db
-beat_queue = beat_helpers.beat_queue
 pytestmark = pytest.mark.usefixtures("beat_db")
 
 
