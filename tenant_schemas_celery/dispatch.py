@@ -3,18 +3,56 @@
 ``TenantTask.delay_for_tenants`` and ``apply_async_for_tenants`` use the same target
 rules as beat (``fanout.py``): tenants whose schema does not exist yet are skipped,
 ``spread_seconds`` gives each tenant a stable offset, all messages share one
-producer, and no query is made per tenant.
+producer, and no query is made per tenant. What is skipped is logged (one warning per
+call, naming the schemas) and listed in the result's ``skipped``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from celery.utils.log import get_logger
+from django.db import connections
+
+from ._sql import closing_on_error, tenant_schemas_existing
 from .capture import SCHEMA_HEADER
-from .exceptions import TenantConfigurationError, _short_repr
-from .fanout import TenantTargets, _options_for, spread_offset, validate_spread
+from .conf import public_schema_name
+from .exceptions import InvalidSchemaName, TenantConfigurationError, _short_repr
+from .fanout import _options_for, spread_offset, validate_spread
 from .resolution import validate_schema_name
+
+logger = get_logger(__name__)
+
+#: Why a schema was not sent to (the values of ``TenantResults.skipped``).
+NOT_A_TENANT = "neither the public schema nor a tenant of TenantAwareSchedulerMixin.get_queryset()"
+NOT_READY = "its schema does not exist in the database yet (tenant still being created?)"
+UNUSABLE_NAME = "the tenant's schema_name is not a usable schema name"
+#: Skipped schemas named in the warning; the others are counted.
+_LOGGED_NAMES = 20
+
+
+class TenantResults(dict[str, Any]):
+    """The ``AsyncResult`` of each schema a task was sent to, keyed by schema name.
+
+    A plain ``dict`` in every other respect. ``skipped`` maps each schema that was
+    asked for (or, with ``tenants=None``, each tenant) but not sent to, to the reason,
+    in the order asked.
+
+    Example::
+
+        results = task.delay_for_tenants(tenants=["tenant1", "nope"])
+        list(results)  # ['tenant1']
+        results.skipped  # {'nope': 'neither the public schema nor a tenant of ...'}
+    """
+
+    skipped: dict[str, str]
+
+    def __init__(
+        self, results: Mapping[str, Any] | None = None, skipped: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(results or {})
+        self.skipped = dict(skipped or {})
 
 
 def send_to_tenants(
@@ -24,8 +62,8 @@ def send_to_tenants(
     tenants: Iterable[Any] | None = None,
     spread_seconds: float = 0,
     **options: Any,
-) -> dict[str, Any]:
-    """Send ``task`` once per tenant; return each schema's ``AsyncResult``.
+) -> TenantResults:
+    """Send ``task`` once per tenant; return each schema's ``AsyncResult`` (``TenantResults``).
 
     Parameters:
         tenants(Iterable | None): tenants or schema names (``"public"`` allowed; one tenant
@@ -35,21 +73,23 @@ def send_to_tenants(
             stable offset (added to any ``countdown``). 0 sends them all now.
         options: ``apply_async`` options for every message.
 
-    Raises:
-        InvalidSchemaName: a schema name is not usable.
-        TenantConfigurationError: ``spread_seconds`` is not a number of seconds from 0 to
-            ``MAX_SPREAD_SECONDS``, or ``tenants`` is neither None, a tenant, a name nor
-            an iterable of them.
-    """
-    from .scheduler import TenantAwareSchedulerMixin
+    Schemas not sent to (not a tenant, schema not created yet) are logged as one
+    warning and listed, with the reason, in the result's ``skipped``.
 
+    Raises:
+        TenantConfigurationError: ``tenants`` is neither None, a tenant, a name nor an
+            iterable of them, or holds a name that is not a usable schema name; or
+            ``spread_seconds`` is not a number of seconds from 0 to ``MAX_SPREAD_SECONDS``.
+    """
     window = validate_spread(spread_seconds, "spread_seconds")
     wanted = None if tenants is None else _schema_names(tenants)
-    schemas = TenantTargets(TenantAwareSchedulerMixin.get_queryset).resolve(wanted)
+    schemas, skipped = _targets(wanted)
+    if skipped:
+        _log_skipped(task, skipped)
     base = {**options, "headers": dict(options.get("headers") or {})}
     base["headers"].pop(SCHEMA_HEADER, None)
     producer = base.pop("producer", None)
-    results: dict[str, Any] = {}
+    results = TenantResults(skipped=skipped)
     with task._get_app().producer_or_acquire(producer) as shared_producer:
         for schema_name in schemas:
             message = _options_for(base, schema_name, spread_offset(schema_name, window))
@@ -57,6 +97,55 @@ def send_to_tenants(
                 args, kwargs, producer=shared_producer, **message
             )
     return results
+
+
+def _targets(wanted: tuple[str, ...] | None) -> tuple[list[str], dict[str, str]]:
+    """Return the schemas to send to and the skipped ones with their reason (one query).
+
+    Beat's rules (``fanout.TenantTargets``): every tenant of the schedulers'
+    ``get_queryset()`` whose schema exists, public excluded; or the ``wanted`` names
+    that are the public schema or such a tenant.
+    """
+    from .scheduler import TenantAwareSchedulerMixin
+
+    queryset = TenantAwareSchedulerMixin.get_queryset()
+    with closing_on_error(connections[queryset.db]):
+        rows = tenant_schemas_existing(queryset)
+    public = public_schema_name()
+    exists: dict[str, bool] = {}
+    unusable: dict[str, str] = {}
+    for name, schema_exists in rows:
+        if name == public:
+            continue
+        try:
+            exists[validate_schema_name(name)] = schema_exists
+        except InvalidSchemaName:
+            unusable[name] = UNUSABLE_NAME
+    if wanted is None:
+        not_ready = {name: NOT_READY for name, ready in exists.items() if not ready}
+        return [name for name, ready in exists.items() if ready], {**not_ready, **unusable}
+    schemas: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in wanted:
+        if name == public or exists.get(name):
+            schemas.append(name)
+        else:
+            skipped[name] = NOT_READY if name in exists else NOT_A_TENANT
+    return schemas, skipped
+
+
+def _log_skipped(task: Any, skipped: Mapping[str, str]) -> None:
+    names = list(skipped)
+    listed = "; ".join(f"{name!r}: {skipped[name]}" for name in names[:_LOGGED_NAMES])
+    more = len(names) - _LOGGED_NAMES
+    logger.warning(
+        "%s: %d schema%s skipped, the task was not sent there: %s%s.",
+        getattr(task, "name", task),
+        len(names),
+        "" if len(names) == 1 else "s",
+        listed,
+        f"; and {more} more (see the result's skipped)" if more > 0 else "",
+    )
 
 
 def _schema_names(tenants: Any) -> tuple[str, ...]:
@@ -68,5 +157,13 @@ def _schema_names(tenants: Any) -> tuple[str, ...]:
             "tenants must be a tenant, a schema name, or an iterable of them, "
             f"got {_short_repr(tenants)}."
         )
-    names = (validate_schema_name(getattr(tenant, "schema_name", tenant)) for tenant in tenants)
+    names = []
+    for tenant in tenants:
+        value = getattr(tenant, "schema_name", tenant)
+        try:
+            names.append(validate_schema_name(value))
+        except InvalidSchemaName as exc:
+            raise TenantConfigurationError(
+                f"tenants holds {_short_repr(value)}, not a usable schema name: {exc.reason}."
+            ) from exc
     return tuple(dict.fromkeys(names))

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+import pickle
+
 import pytest
 from celery.signals import before_task_publish
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
-from tenant_schemas_celery.fanout import spread_offset
+from tenant_schemas_celery.dispatch import NOT_A_TENANT, NOT_READY, TenantResults
+from tenant_schemas_celery.exceptions import TenantConfigurationError
+from tenant_schemas_celery.fanout import TenantTargets, spread_offset
+from tenant_schemas_celery.scheduler import TenantAwareSchedulerMixin
 from tests.beat_helpers import drain
 from tests.conftest import BROKERS
 from tests.project.celery import app
@@ -77,9 +83,82 @@ def test_spread_is_stable_per_tenant(tenants, published, beat_queue):
     assert sorted(etas, key=lambda s: etas[s]) == sorted(offsets, key=lambda s: offsets[s])
 
 
-def test_invalid_names_are_refused(tenants):
-    with pytest.raises(InvalidSchemaName):
-        tasks.whereami.delay_for_tenants(tenants=['x"; DROP SCHEMA public; --'])
+def test_skipped_schemas_are_logged_and_listed(tenants, unmigrated, published, caplog):
+    asked = ["tenant2", "nope", "not_ready", "public", "nope"]
+    with caplog.at_level(logging.WARNING, logger="tenant_schemas_celery"):
+        results = tasks.whereami.delay_for_tenants(tenants=asked)
+    # Sent where it could be, in the order asked: the result is still the dict it was
+    assert list(results) == ["tenant2", "public"]
+    assert isinstance(results, dict)
+    assert results == {"tenant2": results["tenant2"], "public": results["public"]}
+    assert [schema for schema, _ in published] == ["tenant2", "public"]
+    assert len(drain(app.conf.task_default_queue)) == 2
+    # What was not sent, and why: in the result, and in one warning naming them
+    assert results.skipped == {"nope": NOT_A_TENANT, "not_ready": NOT_READY}
+    (record,) = [r for r in caplog.records if r.name.startswith("tenant_schemas_celery")]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert message.startswith(f"{tasks.whereami.name}: 2 schemas skipped")
+    assert f"'nope': {NOT_A_TENANT}" in message and f"'not_ready': {NOT_READY}" in message
+    assert "beat" not in message and "beat:" not in caplog.text
+
+
+def test_every_tenant_lists_the_tenants_not_ready(tenants, unmigrated, beat_queue, caplog):
+    with caplog.at_level(logging.WARNING, logger="tenant_schemas_celery"):
+        results = tasks.whereami.apply_async_for_tenants(queue=beat_queue)
+    assert sorted(results) == ["tenant1", "tenant2"]
+    assert results.skipped == {"not_ready": NOT_READY}
+    assert "'not_ready'" in caplog.text
+
+
+def test_nothing_skipped_nothing_logged(tenants, beat_queue, caplog):
+    with caplog.at_level(logging.DEBUG, logger="tenant_schemas_celery"):
+        results = tasks.whereami.apply_async_for_tenants(tenants=["tenant1"], queue=beat_queue)
+    assert list(results) == ["tenant1"]
+    assert results.skipped == {}
+    assert caplog.records == []
+
+
+def test_results_copy_and_pickle_with_their_skipped_schemas():
+    results = TenantResults({"tenant1": "r1"}, skipped={"nope": NOT_A_TENANT})
+    for copied in (copy.copy(results), copy.deepcopy(results), pickle.loads(pickle.dumps(results))):
+        assert type(copied) is TenantResults
+        assert copied == {"tenant1": "r1"}
+        assert copied.skipped == {"nope": NOT_A_TENANT}
+    assert TenantResults().skipped == {} and TenantResults() == {}
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["tenant1", "public", "nope"], ["not_ready", "tenant2", "tenant1"], ["public"], []],
+)
+def test_targets_are_beats(tenants, unmigrated, beat_queue, names):
+    # The same tenants as beat's fan-out, for the same names
+    beat = TenantTargets(TenantAwareSchedulerMixin.get_queryset).resolve(names)
+    results = tasks.whereami.apply_async_for_tenants(tenants=names, queue=beat_queue)
+    assert list(results) == beat
+    assert sorted([*results, *results.skipped]) == sorted(names)
+    every = TenantTargets(TenantAwareSchedulerMixin.get_queryset).resolve(None)
+    assert list(tasks.whereami.apply_async_for_tenants(queue=beat_queue)) == every
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ('x"; DROP SCHEMA public; --', "holds a quote"),
+        ("pg_catalog", "reserved by PostgreSQL"),
+        ("", "it is empty"),
+        (5, "expected a string, got int"),
+    ],
+)
+def test_invalid_names_are_refused_naming_the_argument(tenants, published, value, reason):
+    with pytest.raises(TenantConfigurationError) as raised:
+        tasks.whereami.delay_for_tenants(tenants=["tenant1", value])
+    message = str(raised.value)
+    assert message.startswith(f"tenants holds {value!r}, not a usable schema name: ")
+    assert reason in message
+    assert "header" not in message
+    assert published == []
 
 
 def test_a_name_or_tenant_alone_is_one_target(tenants, published, beat_queue):
@@ -95,8 +174,8 @@ def test_a_name_or_tenant_alone_is_one_target(tenants, published, beat_queue):
     [
         ({"tenants": 5}, TenantConfigurationError, "tenants must be a tenant, a schema name"),
         ({"tenants": b"tenant1"}, TenantConfigurationError, "tenants must be a tenant"),
-        ({"tenants": [5]}, InvalidSchemaName, "expected a string, got int"),
-        ({"tenants": [None]}, InvalidSchemaName, "expected a string, got NoneType"),
+        ({"tenants": [5]}, TenantConfigurationError, "tenants holds 5, not a usable"),
+        ({"tenants": [None]}, TenantConfigurationError, "got NoneType"),
         ({"spread_seconds": float("inf")}, TenantConfigurationError, "spread_seconds must be"),
         ({"spread_seconds": 1e12}, TenantConfigurationError, "spread_seconds must be"),
     ],

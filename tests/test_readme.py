@@ -32,7 +32,8 @@ What the tests add to the README's text, and nothing else:
 * blocks that use ``app`` without importing it run with the quickstart's ``app`` (as a
   module: ``from myproject.celery import app`` first); the one-call dispatcher continues
   the dispatcher block, so it also gets ``from myproject.jobs import
-  reset_remaining_jobs_in_schema``;
+  reset_remaining_jobs_in_schema``, and the example of what it skips runs with the
+  quickstart's ``my_task``;
 * the value of a block's last expression (``my_task.delay()``) is kept, as in a REPL;
 * the quickstart app gets the tests' broker, result backend and queue (the worker: its
   Django settings are ``tests/readme_settings.py``, which also adds the ``reporting``
@@ -568,6 +569,30 @@ def test_delay_for_tenants_dispatcher_spreads_over_ready_tenants(
     for message in messages:
         offset = timedelta(seconds=spread_offset(message["_schema_name"], 600))
         assert_between(datetime.fromisoformat(message["eta"]) - offset, before, after)
+
+
+@exercises("dispatcher-skipped")
+def test_delay_for_tenants_lists_and_logs_what_it_skipped(
+    project: Project, tenants: Any, caplog: Any
+) -> None:
+    my_task = project.modules["myproject.tasks"].my_task
+    scratch_routed.add(my_task.name)
+    namespace: dict[str, Any] = {"my_task": my_task}
+    try:
+        with caplog.at_level("WARNING", logger="tenant_schemas_celery"):
+            run_python(block("dispatcher-skipped"), namespace)
+    finally:
+        scratch_routed.discard(my_task.name)
+    assert sorted(m["_schema_name"] for m in drain(SCRATCH_QUEUE)) == ["tenant1"]
+    assert "'nope'" in caplog.text
+    # Each `expression  # value` line shows what the expression gives ("..." elides)
+    shown = [line.split("  # ", 1) for line in block("dispatcher-skipped").code.splitlines()]
+    checked = [line for line in shown if len(line) == 2]
+    assert len(checked) == 2
+    for code, value in checked:
+        actual = repr(eval(code, namespace))
+        head, _, tail = value.partition("...")
+        assert actual.startswith(head) and actual.endswith(tail), (code, actual)
 
 
 def assert_between(moment: datetime, earliest: datetime, latest: datetime) -> None:
