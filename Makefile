@@ -7,7 +7,8 @@ VENV ?= .venv
 demo: $(VENV)
 	$(VENV)/bin/python examples/demo/run.py
 
-# The project, editable, with its dev extras; removed again if any step fails.
+# The project, editable, with what the demo needs (the "demo" extra: no test or lint
+# tools); removed again if any step fails. An existing $(VENV) is used as it is.
 $(VENV):
-	$(PYTHON3) -m venv $(VENV) && $(VENV)/bin/python -m pip install -e ".[dev]" \
+	$(PYTHON3) -m venv $(VENV) && $(VENV)/bin/python -m pip install -e ".[demo]" \
 		|| { rm -rf $(VENV); exit 1; }
