@@ -24,6 +24,7 @@ _EXPORTS = {
     "TenantSchemasCeleryError": "exceptions",
     "InvalidSchemaName": "exceptions",
     "TenantNotFound": "exceptions",
+    "TenantSchemaMissing": "exceptions",
     "TenantLookupFailed": "exceptions",
     "TenantActivationMissing": "exceptions",
     "TenantConfigurationError": "exceptions",

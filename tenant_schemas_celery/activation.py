@@ -19,10 +19,11 @@ from typing import Any
 
 from django.db import connections
 
-from .conf import public_schema_name, tenant_cache_seconds, tenant_databases
+from .conf import public_schema_name
 from .exceptions import TenantActivationMissing, TenantConfigurationError
 from .resolution import lookup_tenant, schema_name_from_request
 from .sentry import NOT_TAGGED, tag_events
+from .session import forget_search_path, prove_schema, settle_transaction
 from .signals import tenant_activated
 
 #: Attribute of the task request (``task.request``) holding its ``Activation``.
@@ -35,6 +36,7 @@ class _Deferred(threading.local):
     """Per thread (like Django's connections): what the last worker task left to restore."""
 
     saved: list[tuple[Any, _State]] = []
+    previous_task: str | None = None  # name[id] of the thread's last worker task
 
 
 _deferred = _Deferred()
@@ -70,21 +72,30 @@ def enter(task: Any) -> Activation:
     targets: list[Any] = []
     try:
         schema_name = schema_name_from_request(request, public)
-        targets = [_tenant_connection(alias) for alias in tenant_databases(task)]
+        targets = [_tenant_connection(alias) for alias in task.get_tenant_databases()]
         for connection in targets:
+            if deferred:
+                settle_transaction(connection, _deferred.previous_task, _describe(task))
             _check_connection(connection, deferred)
+            forget_search_path(connection)  # a body may have changed it: the lookup resets it
         if schema_name != public:
-            tenant = lookup_tenant(task, schema_name, tenant_cache_seconds(task))
+            tenant = lookup_tenant(task, schema_name)
     except Exception as exc:
         schema_name, tenant, error = public, None, exc
     saved = _saved_states(targets, deferred)
     try:
-        for connection in targets:
+        for index, connection in enumerate(targets):
             _switch(connection, tenant, public)
+            if index == 0 or connection.connection is not None:
+                prove_schema(connection, public)
+            else:  # not open: its first query sets the path of a new session
+                forget_search_path(connection)
     except Exception as exc:
         for connection in targets:
             connection.set_schema_to_public()
         schema_name, tenant, error = public, None, error or exc
+    if deferred:
+        _deferred.previous_task = _describe(task)
     activation = Activation(schema_name, tenant, error, saved, deferred)
     activation.sentry_tag = tag_events(task, schema_name)
     setattr(request, ACTIVATION_ATTR, activation)
@@ -107,9 +118,15 @@ def leave(task: Any) -> None:
         tag_events(task, activation.sentry_tag)
 
 
-def restore_deferred() -> None:
+def restore_deferred(task: Any = None) -> None:
     """Restore every connection a previous worker task of this thread left switched."""
     _saved_states([], deferred=True)
+    if task is not None:
+        _deferred.previous_task = _describe(task)
+
+
+def _describe(task: Any) -> str:
+    return f"{task.name}[{task.request.id}]"
 
 
 def ensure_activated(task: Any) -> None:

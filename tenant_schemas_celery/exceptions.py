@@ -46,6 +46,16 @@ class TenantNotFound(TenantSchemasCeleryError, LookupError):
         )
 
 
+class TenantSchemaMissing(TenantNotFound):
+    """Raised when a tenant row exists but its schema does not, or is not migrated yet."""
+
+    def __str__(self) -> str:
+        return (
+            f"Tenant {self.schema_name!r} exists, but its schema has no django_migrations "
+            "table (not created yet, dropped, or not migrated); the task did not run."
+        )
+
+
 class TenantLookupFailed(TenantSchemasCeleryError):
     """Raised when looking the tenant up raised an unexpected error."""
 

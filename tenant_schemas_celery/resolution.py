@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 
-from .cache import tenant_cache
 from .capture import SCHEMA_HEADER
-from .exceptions import InvalidSchemaName, TenantLookupFailed, TenantNotFound
+from .exceptions import (
+    InvalidSchemaName,
+    TenantLookupFailed,
+    TenantNotFound,
+    TenantSchemasCeleryError,
+)
 from .invalidation import catch_up
 
 #: PostgreSQL's limit on identifier length, in bytes.
@@ -23,6 +28,8 @@ _MISSING = object()
 def schema_name_from_request(request: Any, default: str) -> str:
     """Return the validated ``_schema_name`` header of a task request, or ``default``.
 
+    A missing header, or one that is None (JSON null), means no tenant: ``default``.
+
     Raises:
         InvalidSchemaName: the header is present but not a valid schema name.
     """
@@ -30,7 +37,7 @@ def schema_name_from_request(request: Any, default: str) -> str:
     if value is _MISSING:
         headers = getattr(request, "headers", None)
         value = headers.get(SCHEMA_HEADER, _MISSING) if isinstance(headers, dict) else _MISSING
-    if value is _MISSING:
+    if value is _MISSING or value is None:
         return default
     return validate_schema_name(value)
 
@@ -68,28 +75,42 @@ def _validate_text(value: str) -> str:
     return value
 
 
-def lookup_tenant(task: Any, schema_name: str, cache_seconds: float) -> Any:
-    """Return the tenant of ``schema_name``, from the process cache when allowed.
+def lookup_tenant(task: Any, schema_name: str) -> Any:
+    """Return the tenant of ``schema_name`` from the task's ``get_tenant_for_schema`` hook.
 
-    Parameters:
-        task: the task; its ``get_tenant_for_schema`` classmethod does the lookup.
-        cache_seconds(float): how old a cached tenant may be; 0 always looks up.
+    The hook is called for every task, so an override always decides; the default
+    hook uses the tenant cache (``tenant_cache_seconds``).
 
     Raises:
         TenantNotFound: no tenant has that schema name.
         TenantLookupFailed: the lookup raised anything else (a database error, say).
     """
-    if cache_seconds:
-        catch_up()
-        tenant = tenant_cache.get(schema_name, None, max_age=cache_seconds)
-        if tenant is not None:
-            return tenant
     try:
         tenant = task.get_tenant_for_schema(schema_name)
     except ObjectDoesNotExist:
         raise TenantNotFound(schema_name) from None
+    except TenantSchemasCeleryError:
+        raise
     except Exception as exc:
         raise TenantLookupFailed(schema_name, f"{type(exc).__name__}: {exc}") from exc
-    if cache_seconds:
-        tenant_cache.set(schema_name, tenant, cache_seconds)
+    if tenant is None:
+        raise TenantNotFound(schema_name)
+    return tenant
+
+
+def cached_tenant(
+    cache: Any, schema_name: str, cache_seconds: float, lookup: Callable[[str], Any]
+) -> Any:
+    """Return the tenant of ``schema_name`` from ``cache``, or from ``lookup`` (then cached).
+
+    Parameters:
+        cache_seconds(float): how old a cached tenant may be; 0 always calls ``lookup``.
+    """
+    if not cache_seconds:
+        return lookup(schema_name)
+    catch_up()
+    tenant = cache.get(schema_name, None, max_age=cache_seconds)
+    if tenant is None:
+        tenant = lookup(schema_name)
+        cache.set(schema_name, tenant, cache_seconds)
     return tenant

@@ -23,7 +23,7 @@ from tests.project.notes.tasks import PROBES_KEY, events, probe, probe_collect
 RUNNING_KINDS = ["ok", "ok", "ok", "exc", "retry", "reject", "eager", "chain", "group", "chord"]
 FAILING_KINDS = ["deleted", "malformed"]
 SOFT_LIMIT = 1.0  # seconds, for the "soft" kind only (its body sleeps 10 s)
-MALFORMED = [123, "", "x" * 64, 'x"; DROP SCHEMA public; --', "pg_toast", ["a"], None]
+MALFORMED = [123, "", "x" * 64, 'x"; DROP SCHEMA public; --', "pg_toast", ["a"], False]
 
 
 @dataclass

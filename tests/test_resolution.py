@@ -59,6 +59,12 @@ def test_absent_header_means_default():
     assert schema_name_from_request(Context(headers=None), "public") == "public"
 
 
-def test_present_but_null_header_is_invalid():
+def test_null_header_means_no_tenant_as_in_the_pypi_package():
+    assert schema_name_from_request(Context({"_schema_name": None}), "public") == "public"
+    assert schema_name_from_request(Context(headers={"_schema_name": None}), "public") == "public"
+
+
+@pytest.mark.parametrize("value", [False, 0, b"tenant1", ["tenant1"]])
+def test_other_non_string_headers_are_invalid(value):
     with pytest.raises(InvalidSchemaName):
-        schema_name_from_request(Context({"_schema_name": None}), "public")
+        schema_name_from_request(Context({"_schema_name": value}), "public")

@@ -168,13 +168,21 @@ def test_deleted_tenant_fails_cleanly_and_writes_nothing(tenants):
 
 @pytest.mark.parametrize(
     "header",
-    [123, "", "x" * 64, "é" * 32, 'x"; DROP SCHEMA public; --', "pg_catalog", None, ["t"]],
+    [123, "", "x" * 64, "é" * 32, 'x"; DROP SCHEMA public; --', "pg_catalog", False, ["t"]],
 )
 def test_malformed_header_fails_and_never_runs(tenants, header):
     result = tasks.write_note.apply_async(("bad",), headers={"_schema_name": header})
     with pytest.raises(InvalidSchemaName):
         result.get(timeout=TIMEOUT)
     assert notes_in("public") == notes_in("tenant1") == []
+
+
+def test_none_header_means_no_tenant_as_in_the_pypi_package(tenants):
+    # The PyPI package's workers run a task whose _schema_name is None in public
+    with schema_context("tenant1"):
+        result = tasks.write_note.apply_async(("none",), headers={"_schema_name": None})
+    assert result.get(timeout=TIMEOUT) == "public"
+    assert notes_in("public") == ["none"]
 
 
 def test_autoretry_for_applies_to_tenant_errors(tenants):

@@ -70,6 +70,8 @@ import json  # noqa: E402
 
 if "TSC_DB_REUSE_MAX" in os.environ:  # the worker keeps its connections for 2 x N task runs
     CELERY_DB_REUSE_MAX = int(os.environ["TSC_DB_REUSE_MAX"])
+if "TSC_LIMIT_SET_CALLS" in os.environ:  # django-tenants sets search_path once per connection
+    TENANT_LIMIT_SET_CALLS = True
 if "TSC_CONN_HEALTH_CHECKS" in os.environ:  # Django's check of a reused connection
     for _alias in DATABASES.values():
         _alias["CONN_HEALTH_CHECKS"] = True

@@ -271,3 +271,75 @@ def durable_probe(self, token, hold_first=0.0):
 def sleep_for(seconds):
     time.sleep(seconds)
     return connection.schema_name
+
+
+def session_report() -> dict:
+    """What the server session says, next to what django-tenants believes."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_schema()")
+        (current,) = cursor.fetchone()
+    return {
+        "schema": connection.schema_name,
+        "current_schema": current,
+        "notes": sorted(Note.objects.values_list("text", flat=True)),
+    }
+
+
+@app.task
+def report_session():
+    return session_report()
+
+
+@app.task
+def tamper_session(statement):
+    """A body that changes its session's state behind django-tenants' back."""
+    with connection.cursor() as cursor:
+        cursor.execute(statement)
+    return connection.schema_name
+
+
+@app.task
+def leave_transaction_open(text, how="autocommit"):
+    """A body that writes inside a transaction it never ends."""
+    from django.db import transaction
+
+    if how == "autocommit":
+        transaction.set_autocommit(False)
+    else:
+        transaction.atomic().__enter__()
+    Note.objects.create(text=text)
+    return connection.schema_name
+
+
+class RefusingTenantTask(TenantTask):
+    """A lookup that refuses the schemas listed in Redis (say, suspended tenants)."""
+
+    tenant_cache_seconds = 30
+
+    @classmethod
+    def get_tenant_for_schema(cls, schema_name):
+        from django.core.exceptions import ObjectDoesNotExist
+
+        if events().sismember(REFUSED_KEY, schema_name):
+            raise ObjectDoesNotExist(f"{schema_name} is suspended")
+        return super().get_tenant_for_schema(schema_name)
+
+
+REFUSED_KEY = f"tsc-tests:refused:{os.environ.get('TSC_QUEUE', '')}"
+
+
+@app.task(base=RefusingTenantTask)
+def refusing_whereami():
+    return seen()
+
+
+@app.task
+def mark(*args, token=""):
+    """A callback that records the schema it ran in."""
+    record_event(f"mark:{token}:{connection.schema_name}")
+
+
+@app.task
+def mark_failed(task_id):
+    """An errback taking the task id only: Celery sends it as a message."""
+    record_event(f"mark:error:{connection.schema_name}")

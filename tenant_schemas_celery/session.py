@@ -1,0 +1,119 @@
+"""Server session state of a tenant connection: what a task may not inherit, and the proof.
+
+Nothing a previous task body did to its database session is trusted:
+
+- ``settle_transaction`` rolls back and closes a connection left inside a transaction
+  (``set_autocommit(False)``, an atomic block that was never exited), as Django does at
+  the end of a request, so that a later task's writes are not swallowed by it;
+- ``prove_schema`` sets ``search_path`` in the same statement that proves the tenant's
+  schema exists and is migrated (its own ``django_migrations`` table), so neither a body
+  that changed ``search_path`` (``SET``, ``RESET ALL``, ``DISCARD ALL``, ``set_config``)
+  nor a schema dropped by another process can make a task run in another schema.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+
+from .exceptions import TenantSchemaMissing
+
+logger = logging.getLogger(__name__)
+
+#: One round trip: set the session's search_path, and say whether the schema is migrated.
+PROVE_SQL = "SELECT set_config('search_path', %s, false), to_regclass(%s) IS NOT NULL"
+
+#: The table whose presence in a schema shows that ``migrate`` has run there.
+MIGRATIONS_TABLE = "django_migrations"
+
+
+def in_transaction(connection: Any) -> bool:
+    """Return True if ``connection`` is open and not in autocommit or inside an atomic block."""
+    if connection.connection is None:
+        return False
+    return bool(connection.in_atomic_block or not connection.autocommit)
+
+
+def settle_transaction(connection: Any, previous_task: str | None, next_task: str) -> bool:
+    """Roll back and close ``connection`` if a previous task left it inside a transaction.
+
+    Returns True if it did (and logged a warning naming ``previous_task``).
+    """
+    if not in_transaction(connection):
+        return False
+    logger.warning(
+        "Database %r was left inside a transaction by the previous task (%s); its "
+        "uncommitted work was rolled back and the connection closed before %s.",
+        connection.alias,
+        previous_task or "unknown",
+        next_task,
+    )
+    # Forget the atomic blocks the body entered and never exited, so close() really closes.
+    connection.in_atomic_block = False
+    connection.atomic_blocks = []
+    connection.savepoint_ids = []
+    connection.needs_rollback = False
+    connection.closed_in_transaction = False
+    connection.run_on_commit = []
+    try:
+        connection.connection.rollback()
+    except Exception:  # the close below discards the transaction anyway
+        logger.debug("Rollback before closing %r failed", connection.alias, exc_info=True)
+    connection.close()
+    return True
+
+
+def search_path(connection: Any, public: str) -> list[str]:
+    """Return the schemas django-tenants puts in ``search_path`` for the connection's tenant."""
+    schema_name = connection.schema_name
+    if schema_name == public:
+        paths = [public]
+    elif connection.include_public_schema:
+        paths = [schema_name, public]
+    else:
+        paths = [schema_name]
+    return [*paths, *getattr(settings, "PG_EXTRA_SEARCH_PATHS", ())]
+
+
+def prove_schema(connection: Any, public: str) -> None:
+    """Set the connection's ``search_path`` to its tenant and prove the schema is migrated.
+
+    One statement on a cursor that bypasses django-tenants' own ``SET search_path``;
+    django-tenants is then told the path is set (``TENANT_LIMIT_SET_CALLS`` sends no
+    other). Public needs no proof: its path is reset at the next query instead.
+
+    Raises:
+        TenantSchemaMissing: the schema does not exist or has no ``django_migrations``.
+    """
+    schema_name = connection.schema_name
+    if schema_name == public:
+        connection.search_path_set_schemas = None
+        return
+    paths = search_path(connection, public)
+    table = f"{quote_identifier(schema_name)}.{MIGRATIONS_TABLE}"
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = connection.create_cursor()
+        logged = connection.queries_logged
+        cursor = connection.make_debug_cursor(raw) if logged else connection.make_cursor(raw)
+        try:
+            cursor.execute(PROVE_SQL, (",".join(map(quote_identifier, paths)), table))
+            (_, migrated) = cursor.fetchone()
+        finally:
+            cursor.close()
+    if not migrated:
+        connection.search_path_set_schemas = None
+        raise TenantSchemaMissing(schema_name)
+    connection.search_path_set_schemas = paths
+
+
+def quote_identifier(name: str) -> str:
+    """Return ``name`` quoted as a PostgreSQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def forget_search_path(connection: Any) -> None:
+    """Make django-tenants send ``SET search_path`` again before the connection's next query."""
+    connection.search_path_set_schemas = None
