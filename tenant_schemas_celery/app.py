@@ -6,7 +6,8 @@ from typing import Any
 
 from celery import Celery
 
-from .capture import headers_with_schema
+from .canvas import CARRIED_OPTIONS, stamp_carried
+from .capture import current_schema_name, headers_with_schema
 from .task import make_tenant_aware, tenant_aware_class
 
 
@@ -45,4 +46,6 @@ class CeleryApp(Celery):
         headers = options.get("headers")
         if not headers or "_schema_name" not in headers:
             options["headers"] = headers_with_schema(headers)
+        if any(options.get(key) for key in CARRIED_OPTIONS):
+            stamp_carried(options, current_schema_name())
         return super().send_task(name, args, kwargs, **options)

@@ -15,8 +15,10 @@ from celery.signals import task_postrun, task_prerun
 from . import activation, conf
 from . import inspection as _inspection  # noqa: F401  (registers inspect commands)
 from .cache import SimpleCache, tenant_cache
-from .capture import headers_with_schema
+from .canvas import stamp_carried, stamped_list
+from .capture import current_schema_name, headers_with_schema
 from .dispatch import send_to_tenants
+from .resolution import cached_tenant
 
 __all__ = ["TenantTask", "headers_with_schema", "make_tenant_aware", "tenant_aware_class"]
 
@@ -50,19 +52,28 @@ class TenantTask(DjangoTask):
 
     @classmethod
     def get_tenant_for_schema(cls, schema_name: str) -> Any:
-        """Return the tenant whose schema is ``schema_name``; override to customise the lookup."""
-        from django_tenants.utils import get_tenant_model
+        """Return the tenant whose schema is ``schema_name``; override to customise the lookup.
 
-        return get_tenant_model().objects.get(schema_name=schema_name)
+        The worker calls it before every task. This default looks the tenant up by
+        ``schema_name``, and reuses it from ``tenant_cache()`` for
+        ``tenant_cache_seconds``; an override that calls ``super()`` keeps the cache.
+
+        Raises:
+            ObjectDoesNotExist: no tenant has that schema (the task fails with
+                ``TenantNotFound``).
+        """
+        return cached_tenant(
+            cls.tenant_cache(), schema_name, conf.tenant_cache_seconds(cls), _default_lookup
+        )
 
     @classmethod
     def get_tenant_databases(cls) -> tuple[str, ...]:
-        """Return the database aliases switched to the task's tenant."""
+        """Return the database aliases switched to the task's tenant; override to customise."""
         return conf.tenant_databases(cls)
 
     @classmethod
     def tenant_cache(cls) -> SimpleCache:
-        """Return the process-wide cache of tenant objects."""
+        """Return the cache of tenant objects (process-wide by default); override to customise."""
         return tenant_cache
 
     def apply_async(
@@ -76,8 +87,17 @@ class TenantTask(DjangoTask):
         shadow: str | None = None,
         **options: Any,
     ) -> Any:
-        """Send the task with the active schema in its ``_schema_name`` header."""
+        """Send the task with the active schema in its ``_schema_name`` header.
+
+        Signatures the message carries (``link``, ``link_error``, the rest of a chain,
+        a chord's body) are stamped with the active schema too, unless they name one.
+        """
         options["headers"] = headers_with_schema(options.get("headers"))
+        if link or link_error or options.get("chain") or options.get("chord"):
+            active = current_schema_name()
+            link = stamped_list(link, active) if link else link
+            link_error = stamped_list(link_error, active) if link_error else link_error
+            stamp_carried(options, active)
         return super().apply_async(
             args,
             kwargs,
@@ -88,6 +108,15 @@ class TenantTask(DjangoTask):
             shadow=shadow,
             **options,
         )
+
+    def apply_async_on_commit(self, *args: Any, **kwargs: Any) -> None:
+        """``apply_async`` when the transaction commits, in the schema active now."""
+        kwargs["headers"] = headers_with_schema(kwargs.get("headers"))
+        super().apply_async_on_commit(*args, **kwargs)
+
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
+        """``delay`` when the transaction commits, in the schema active now."""
+        self.apply_async_on_commit(args, kwargs)
 
     def apply(
         self,
@@ -150,6 +179,12 @@ class TenantTask(DjangoTask):
         return send_to_tenants(
             self, args, kwargs, tenants=tenants, spread_seconds=spread_seconds, **options
         )
+
+
+def _default_lookup(schema_name: str) -> Any:
+    from django_tenants.utils import get_tenant_model
+
+    return get_tenant_model().objects.get(schema_name=schema_name)
 
 
 def _guard_run(cls: type) -> None:
@@ -238,7 +273,7 @@ def _activate_tenant(sender: Any = None, **kwargs: Any) -> None:
     if isinstance(sender, TenantTask):
         activation.enter(sender)
     elif sender is not None and not sender.request.is_eager:
-        activation.restore_deferred()
+        activation.restore_deferred(sender)
 
 
 @task_postrun.connect(weak=False, dispatch_uid="tenant_schemas_celery.deactivate")

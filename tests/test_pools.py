@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
+from django.db import transaction
 from django_tenants.utils import schema_context
 
-from tests.conftest import BROKERS
+from tests.conftest import BROKERS, recorded_events
 from tests.project import plain_celery
 from tests.project.notes import tasks
 from tests.project.runtime_conf import set_setting
@@ -64,3 +66,18 @@ def test_tenant_task_on_a_plain_celery_app(plain_app_worker, tenants):
     plain_result = plain_celery.plain_schema.delay()
     assert tenant_result.get(timeout=TIMEOUT) == "tenant1"
     assert plain_result.get(timeout=TIMEOUT) == "public"
+
+
+@pytest.mark.parametrize("method", ["delay_on_commit", "apply_async_on_commit"])
+def test_on_commit_on_a_plain_app_uses_the_schema_of_the_call(plain_app_worker, tenants, method):
+    # Given a TenantTask of a plain app sent on commit, from tenant1, inside a transaction
+    with transaction.atomic(), schema_context("tenant1"):
+        if method == "delay_on_commit":
+            plain_celery.record_schema.delay_on_commit(method)
+        else:
+            plain_celery.record_schema.apply_async_on_commit((method,))
+    # Then it runs in tenant1, not in the schema active at commit time (public)
+    deadline = time.monotonic() + TIMEOUT
+    while not recorded_events() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert recorded_events() == [f"plain:{method}:tenant1"]

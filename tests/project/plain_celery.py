@@ -27,3 +27,10 @@ def tenant_schema():
 @app.task
 def plain_schema():
     return connection.schema_name
+
+
+@app.task(base=TenantTask)
+def record_schema(token):
+    from tests.project.notes.tasks import record_event
+
+    record_event(f"plain:{token}:{connection.schema_name}")
