@@ -27,13 +27,20 @@ def schemas(database):
     return ["public", "tenant1", "tenant2", *EXTRA_TENANTS]
 
 
-@pytest.mark.parametrize("broker_name", sorted(BROKERS))
-@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
-def test_random_mix_is_never_misrouted(schemas, tenants, pool, broker_name):
+#: (pool, concurrency, broker): every pool on both brokers; the greenlet pools on Redis.
+MATRIX = [
+    *((pool, 3, broker) for pool in ("prefork", "threads", "solo") for broker in sorted(BROKERS)),
+    ("gevent", 50, "redis"),
+    ("eventlet", 50, "redis"),
+]
+
+
+@pytest.mark.parametrize(("pool", "concurrency", "broker_name"), MATRIX)
+def test_random_mix_is_never_misrouted(schemas, tenants, pool, concurrency, broker_name):
     # Given a worker of this pool on this broker, and a marker row in each schema
     use_broker(BROKERS[broker_name])
     isolation.prepare(schemas)
-    process = worker(BROKERS[broker_name], pool=pool, concurrency=3).start()
+    process = worker(BROKERS[broker_name], pool=pool, concurrency=concurrency).start()
     try:
         # When a seeded random mix of tasks is sent from random schemas
         started = time.monotonic()
