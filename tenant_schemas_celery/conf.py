@@ -1,10 +1,11 @@
 """Option lookup: task attribute, then the Celery app's configuration, then the default.
 
-Task attributes and ``app.conf`` changes made at run time (``app.conf.x = ...``) are
-read on every call. What comes from the configuration source (Django settings, a config
-module) is remembered per app until Django's ``setting_changed`` signal
-(``override_settings``) says otherwise: Celery's own lookup of an absent key costs
-tens of microseconds, too much to pay on every task.
+Task attributes and ``app.conf`` changes made at run time (``app.conf.x = ...``,
+``app.conf.update(...)``) are read on every call. What comes from the configuration
+source (Django settings, a config module) is remembered per app until Django's
+``setting_changed`` signal (``override_settings``) says otherwise, or the app's
+configuration is replaced (``config_from_object``): Celery's own lookup of an absent key
+costs tens of microseconds, too much to pay on every task.
 """
 
 from __future__ import annotations
@@ -47,26 +48,35 @@ def app_setting(app: Celery, name: str) -> Any:
     """Return the Celery setting ``name`` (lower case) or its upper-case spelling, or None.
 
     With ``config_from_object("django.conf:settings", namespace="CELERY")`` the
-    Django setting ``CELERY_<NAME>`` is found under either spelling.
+    Django setting ``CELERY_<NAME>`` is found under either spelling, and so is a change
+    made at run time under any of the three (``app.conf["CELERY_<NAME>"] = ...``).
     """
     conf = app.conf
     changes = conf.changes
-    value = changes.get(name)
-    if value is None:
-        value = changes.get(name.upper())
-    if value is not None:
-        return value
+    for key in _spellings(app, name):
+        value = changes.get(key)
+        if value is not None:
+            return value
     memo = app.__dict__.get(_MEMO_ATTR)
-    if memo is None or memo[0] != _source_generation[0]:
-        memo = app.__dict__[_MEMO_ATTR] = (_source_generation[0], {})
+    if memo is None or memo[0] != _source_generation[0] or memo[1] is not conf:
+        memo = app.__dict__[_MEMO_ATTR] = (_source_generation[0], conf, {})
     try:
-        return memo[1][name]
+        return memo[2][name]
     except KeyError:
         value = conf.get(name)
         if value is None:
             value = conf.get(name.upper())
-        memo[1][name] = value
+        memo[2][name] = value
         return value
+
+
+def _spellings(app: Celery, name: str) -> tuple[str, ...]:
+    """The keys a change of setting ``name`` may be stored under in ``app.conf``."""
+    upper = name.upper()
+    namespace = app.namespace
+    if namespace:
+        return (name, upper, f"{namespace.rstrip('_').upper()}_{upper}")
+    return (name, upper)
 
 
 def _forget_settings(**kwargs: Any) -> None:

@@ -77,3 +77,44 @@ def test_bad_cache_seconds_are_named(app, value):
     app.conf.task_tenant_cache_seconds = value
     with pytest.raises(TenantConfigurationError, match="task_tenant_cache_seconds setting"):
         conf.tenant_cache_seconds(make_task(app))
+
+
+def test_run_time_changes_win_at_the_next_call(app):
+    # A change made after tasks already ran is read at the next call
+    task = make_task(app)
+    assert task.get_tenant_databases() == ("default",)
+    app.conf["task_tenant_databases"] = ("other",)
+    assert task.get_tenant_databases() == ("other",)
+    app.conf.update(task_tenant_databases=("default", "other"))
+    assert task.get_tenant_databases() == ("default", "other")
+
+
+class _FirstConfig:
+    task_tenant_cache_seconds = 7
+
+
+class _SecondConfig:
+    task_tenant_cache_seconds = 9
+
+
+def test_config_from_object_replaces_a_remembered_setting(app):
+    # The source is remembered between calls; a new source replaces it
+    app.config_from_object(_FirstConfig)
+    task = make_task(app)
+    assert conf.tenant_cache_seconds(task) == 7
+    assert conf.tenant_cache_seconds(task) == 7
+    app.config_from_object(_SecondConfig)
+    assert conf.tenant_cache_seconds(task) == 9
+
+
+def test_namespaced_key_set_on_app_conf_is_found():
+    # app.conf["CELERY_TASK_TENANT_DATABASES"] on an app configured with namespace CELERY
+    app = Celery("conf-namespace", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    try:
+        task = make_task(app)
+        assert task.get_tenant_databases() == ("default",)
+        app.conf["CELERY_TASK_TENANT_DATABASES"] = ("default", "other")
+        assert task.get_tenant_databases() == ("default", "other")
+    finally:
+        app.close()
