@@ -35,10 +35,12 @@ What the tests add to the README's text, and nothing else:
   reset_remaining_jobs_in_schema``, and the example of what it skips runs with the
   quickstart's ``my_task``;
 * the value of a block's last expression (``my_task.delay()``) is kept, as in a REPL;
-* the quickstart app gets the tests' broker, result backend and queue (the worker: its
-  Django settings are ``tests/readme_settings.py``, which also adds the ``reporting``
-  database alias of the multiple-databases example), and the task names of the beat
-  examples (``myapp.tasks.*``, ``my_app.tasks.*``) are routed to the scratch queue;
+* the quickstart app reads its broker and result backend from the Django settings
+  ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND``, as the README says (checked: no
+  environment variable gives them), and gets the tests' queue (the worker: its Django
+  settings are ``tests/readme_settings.py``, which also adds the ``reporting`` database
+  alias of the multiple-databases example), and the task names of the beat examples
+  (``myapp.tasks.*``, ``my_app.tasks.*``) are routed to the scratch queue;
 * the test project's tenant model has no ``ready`` flag: for the readiness example, the
   base queryset of the schedulers gets one as an annotation (only ``tenant2`` is ready);
 * the django-celery-beat example writes to a schema named ``tenant``: the test makes one.
@@ -265,6 +267,7 @@ class Project:
     root: Path
     app: CeleryApp
     modules: dict[str, ModuleType]
+    configured: dict[str, Any]  # the app's configuration before the tests changed it
 
 
 APP_IMPORT = "from myproject.celery import app\n"
@@ -275,7 +278,8 @@ def project_files() -> dict[str, str]:
     readiness = block("readiness-scheduler").code
     return {
         "myproject/__init__.py": "",
-        "myproject/celery.py": block("usage-app").code,
+        path_of(block("usage-app")): block("usage-app").code,
+        path_of(block("usage-settings")): block("usage-settings").code,
         "myproject/tasks.py": block("usage-tasks").code,
         "myproject/reports.py": APP_IMPORT + block("multiple-databases").code,
         "myproject/caching.py": APP_IMPORT + block("tenant-cache").code,
@@ -284,8 +288,15 @@ def project_files() -> dict[str, str]:
         + "from myproject.jobs import reset_remaining_jobs_in_schema\n"
         + block("dispatcher-one-call").code,
         "tenants_app/__init__.py": "",
-        readiness.splitlines()[0].lstrip("# "): readiness,  # its first line says where it goes
+        path_of(block("readiness-scheduler")): readiness,
     }
+
+
+def path_of(code_block: Block) -> str:
+    """The file a block goes to, as its first line says (``# myproject/celery.py``)."""
+    first = code_block.code.splitlines()[0]
+    assert re.fullmatch(r"# [\w/]+\.py", first), f"README.md:{code_block.line + 1}: {first}"
+    return first[2:]
 
 
 #: The modules the worker imports (``-I``), next to the quickstart app (``-A``).
@@ -303,13 +314,13 @@ def project(database: None, tmp_path_factory: Any) -> Iterator[Project]:
     try:
         from myproject.celery import app  # the quickstart
 
-        app.conf.broker_url = BROKERS["redis"]
-        app.conf.result_backend = settings.CELERY_RESULT_BACKEND
+        configured = {key: app.conf[key] for key in ("broker_url", "result_backend")}
+        app.conf.broker_url = BROKERS["redis"]  # the same, unless TSC_BROKER_URL says otherwise
         app.conf.task_default_queue = QUEUE
         app.conf.task_routes = (_route,)
         names = ("myproject.tasks", "myproject.reports", "myproject.caching", "myproject.jobs")
         modules = {name: importlib.import_module(name) for name in names}
-        yield Project(root, app, modules)
+        yield Project(root, app, modules, configured)
     finally:
         sys.path.remove(str(root))
         for name in list(sys.modules):
@@ -330,8 +341,13 @@ def readme_worker(project: Project) -> Iterator[CeleryProcess]:
     env = {
         "PYTHONPATH": os.pathsep.join((str(ROOT), str(project.root))),
         "DJANGO_SETTINGS_MODULE": "tests.readme_settings",
-        "CELERY_BROKER_URL": BROKERS["redis"],  # what `celery -b` sets
-        "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
+        # The Django settings CELERY_BROKER_URL and CELERY_RESULT_BACKEND (read by the
+        # README's app, namespace='CELERY'), not the environment variables Celery would
+        # read before them (empty: unset)
+        "TSC_BROKER_URL": BROKERS["redis"],
+        "TSC_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
+        "CELERY_BROKER_URL": "",
+        "CELERY_RESULT_BACKEND": "",
         "TSC_README_RUNS": RUNS_KEY,
         "TSC_README_QUEUE": QUEUE,
     }
@@ -448,17 +464,33 @@ def test_links_are_absolute_or_anchors() -> None:
 
 
 @exercises("install")
-def test_install_names_this_package_and_its_django_tenants_requirement() -> None:
-    commands = block("install").commands()
-    assert [words[:2] for words in commands] == [["pip", "install"]] * 2
-    package, requirement = (words[2] for words in commands)
-    assert metadata.metadata(package)["Name"] == "tenant-schemas-celery"  # this project
-    required = [re.split(r"[<>=!~; \[]", r)[0].lower() for r in metadata.requires(package) or ()]
-    assert requirement in required
-    assert metadata.version(requirement)
+def test_install_line_names_the_package_a_broker_client_and_a_driver() -> None:
+    (words,) = block("install").commands()
+    assert words[:2] == ["pip", "install"]
+    package, broker, driver = (Requirement(word) for word in words[2:])
+    assert metadata.metadata(package.name)["Name"] == "tenant-schemas-celery"  # this project
+    required = {canonicalize_name(Requirement(r).name) for r in metadata.requires(package.name)}
+    # django-tenants is a requirement: installed with the package, not named again
+    assert "django-tenants" in required
+    # Celery with the extra of its Redis transport, which pulls what kombu's transport imports
+    assert broker.name == "celery" and "celery" in required
+    assert broker.extras == {"redis"}
+    assert "redis" in (metadata.metadata("celery").get_all("Provides-Extra") or [])
+    # A PostgreSQL driver that Django's backend (and so django-tenants') uses
+    assert (driver.name, sorted(driver.extras)) in [
+        ("psycopg", ["binary"]),
+        ("psycopg2-binary", []),
+    ]
+    # The extras the text names are the package's
+    section = README.read_text(encoding="utf-8").split("\nInstallation\n", 1)[1]
+    section = section.split("\nUsage\n", 1)[0]
+    named = set(re.findall(r"tenant-schemas-celery\[(\w+)\]", section))
+    assert named == {"beat"}
+    assert named <= set(metadata.metadata(package.name).get_all("Provides-Extra") or [])
+    assert extra_requirements("beat") == {"django-celery-beat"}
 
 
-# Usage: the quickstart, its tasks, its worker, sending --------------------------------------
+# Usage: the quickstart, its settings, its tasks, its worker, sending -----------------------
 
 
 @exercises("usage-app")
@@ -468,11 +500,49 @@ def test_quickstart_app_is_a_tenant_aware_app_configured_from_django(
 ) -> None:
     app = project.app
     assert isinstance(app, CeleryApp)
-    # config_from_object('django.conf:settings'): the configuration is the Django settings
+    assert app.main == "myproject"  # CeleryApp('myproject')
+    # config_from_object('django.conf:settings', namespace='CELERY'): the configuration is
+    # the Django settings named CELERY_*, the broker and result backend included
     assert app.conf["TENANT_MODEL"] == settings.TENANT_MODEL
+    assert project.configured == {
+        "broker_url": settings.CELERY_BROKER_URL,
+        "result_backend": settings.CELERY_RESULT_BACKEND,
+    }
+    # The worker too, from its Django settings (no CELERY_BROKER_URL in its environment)
+    banner = readme_worker.log()
+    assert re.search(r"\.> app: +myproject:0x", banner), banner
+    shown = app.connection_for_write(BROKERS["redis"]).as_uri()  # as the banner shows it
+    assert re.search(rf"\.> transport: +{re.escape(shown)}\n", banner), banner
     # autodiscover_tasks(lambda: settings.INSTALLED_APPS): the worker imported the tasks
     # module of an installed app (nothing else imports it there), so its shared task is listed
-    assert "  . tests.project.notes.tasks.shared_whereami\n" in readme_worker.log()
+    assert "  . tests.project.notes.tasks.shared_whereami\n" in banner
+
+
+@exercises("usage-app", "usage-settings")
+def test_quickstart_app_reads_the_celery_settings_of_myproject(project: Project) -> None:
+    # The README's project as a user has it: DJANGO_SETTINGS_MODULE not set (the app sets
+    # 'myproject.settings'), no Celery variable in the environment
+    app_file, settings_file = path_of(block("usage-app")), path_of(block("usage-settings"))
+    assert (app_file, settings_file) == ("myproject/celery.py", "myproject/settings.py")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CELERY_") and k != "DJANGO_SETTINGS_MODULE"}  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join((str(project.root), str(ROOT)))
+    show = (
+        "import json; from myproject.celery import app; import django.conf; "
+        "print(json.dumps([app.main, app.conf.broker_url, app.conf.result_backend, "
+        "django.conf.settings.SETTINGS_MODULE]))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", show], cwd=project.root, env=env, capture_output=True,
+        text=True, check=True,
+    ).stdout  # fmt: skip
+    written = runpy.run_path(str(project.root / settings_file))
+    assert json.loads(output) == [
+        "myproject",
+        written["CELERY_BROKER_URL"],
+        written["CELERY_RESULT_BACKEND"],
+        "myproject.settings",
+    ]
 
 
 @exercises("usage-worker")
@@ -803,3 +873,83 @@ def test_running_the_tests_commands(request: Any) -> None:
     # `python -m pytest` at the root collects this directory
     assert request.config.rootpath == ROOT
     assert request.config.getini("testpaths") == [Path(__file__).parent.name]
+
+
+# How it works: on-commit sends, the canvas rule, hooks -----------------------------------
+
+
+@exercises("on-commit")
+def test_on_commit_example_sends_in_the_schema_of_the_call(tenants: Any) -> None:
+    from django.db import transaction
+
+    from tests.project.celery import app as tests_project_app
+    from tests.project.notes.models import Note
+
+    def note_here() -> None:
+        Note.objects.create(text="on-commit")
+
+    my_task = tests_project_app.task(shared=False, name="readme.note_here")(note_here)
+    tests_project_app.conf.task_always_eager = True
+    try:
+        run_python(block("on-commit"), {"transaction": transaction,
+                                        "schema_context": schema_context, "my_task": my_task})
+    finally:
+        tests_project_app.conf.task_always_eager = False
+    with schema_context("tenant1"):
+        assert list(Note.objects.values_list("text", flat=True)) == ["on-commit"]
+    assert not Note.objects.exists()
+
+
+@pytest.fixture(scope="module")
+def canvas_tenants(database: None) -> None:
+    from tests.conftest import create_tenant
+    from tests.project.customers.models import Client
+
+    for schema_name in ("t1", "t2", "t3"):
+        if not Client.objects.filter(schema_name=schema_name).exists():
+            create_tenant(schema_name)
+
+
+@exercises("canvas-rule")
+@pytest.mark.integration
+def test_canvas_rule_example_runs_the_chord_body_in_public(canvas_tenants: None) -> None:
+    from celery import chord
+
+    from tests.conftest import use_broker
+    from tests.project.notes import tasks
+    from tests.workers import worker
+
+    use_broker(BROKERS["redis"])
+    process = worker(BROKERS["redis"]).start()
+    try:
+        namespace = {"chord": chord, "probe": tasks.whereami, "collect": tasks.collect}
+        result = run_python(block("canvas-rule"), namespace)
+        assert result.get(timeout=TIMEOUT) == {"results": ["t1", "t2", "t3"], "self": "public"}
+    finally:
+        process.stop()
+
+
+@exercises("hooks")
+def test_hooks_example_refuses_a_suspended_tenant(tenants: Any) -> None:
+    from django.core.exceptions import ObjectDoesNotExist
+
+    from tenant_schemas_celery.cache import tenant_cache
+    from tenant_schemas_celery.exceptions import TenantNotFound
+    from tenant_schemas_celery.task import TenantTask
+    from tests.project.celery import app as tests_project_app
+
+    namespace = {"TenantTask": TenantTask, "ObjectDoesNotExist": ObjectDoesNotExist}
+    run_python(block("hooks"), namespace)
+    active_only = tests_project_app.task(
+        base=namespace["ActiveTenantTask"], shared=False, tenant_cache_seconds=30,
+        name="readme.active_only",
+    )(lambda: connection.schema_name)  # fmt: skip
+    for name, tenant in tenants.items():  # the cache holds them, with a suspended flag
+        tenant.suspended = name == "tenant2"
+        tenant_cache.set(name, tenant, 30)
+    with schema_context("tenant1"):
+        assert active_only.apply().get() == "tenant1"
+    with schema_context("tenant2"):
+        refused = active_only.apply()
+    assert refused.state == "FAILURE"
+    assert isinstance(refused.result, TenantNotFound)
