@@ -891,8 +891,10 @@ def test_on_commit_example_sends_in_the_schema_of_the_call(tenants: Any) -> None
     my_task = tests_project_app.task(shared=False, name="readme.note_here")(note_here)
     tests_project_app.conf.task_always_eager = True
     try:
-        run_python(block("on-commit"), {"transaction": transaction,
-                                        "schema_context": schema_context, "my_task": my_task})
+        run_python(
+            block("on-commit"),
+            {"transaction": transaction, "schema_context": schema_context, "my_task": my_task},
+        )
     finally:
         tests_project_app.conf.task_always_eager = False
     with schema_context("tenant1"):
@@ -938,12 +940,15 @@ def test_hooks_example_refuses_a_suspended_tenant(tenants: Any) -> None:
     from tenant_schemas_celery.task import TenantTask
     from tests.project.celery import app as tests_project_app
 
+    def schema_here() -> str:
+        return connection.schema_name
+
     namespace = {"TenantTask": TenantTask, "ObjectDoesNotExist": ObjectDoesNotExist}
     run_python(block("hooks"), namespace)
     active_only = tests_project_app.task(
         base=namespace["ActiveTenantTask"], shared=False, tenant_cache_seconds=30,
         name="readme.active_only",
-    )(lambda: connection.schema_name)  # fmt: skip
+    )(schema_here)  # fmt: skip
     for name, tenant in tenants.items():  # the cache holds them, with a suspended flag
         tenant.suspended = name == "tenant2"
         tenant_cache.set(name, tenant, 30)
