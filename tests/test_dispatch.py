@@ -15,7 +15,7 @@ from tenant_schemas_celery.dispatch import NOT_A_TENANT, NOT_READY, TenantResult
 from tenant_schemas_celery.exceptions import TenantConfigurationError
 from tenant_schemas_celery.fanout import TenantTargets, spread_offset
 from tenant_schemas_celery.scheduler import TenantAwareSchedulerMixin
-from tests.beat_helpers import drain
+from tests.beat_helpers import drain, every_tenant
 from tests.conftest import BROKERS
 from tests.project.celery import app
 from tests.project.customers.models import Client
@@ -61,7 +61,7 @@ def test_runs_once_in_every_ready_tenant(tenants, unmigrated):
         seen = {schema: r.get(timeout=TIMEOUT)["schema"] for schema, r in results.items()}
     finally:
         process.stop()
-    assert seen == {"tenant1": "tenant1", "tenant2": "tenant2"}
+    assert seen == {schema: schema for schema in every_tenant()}  # tenant1, tenant2, ...
     statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("SET ")]
     assert len(statements) == 1  # tenants and readiness in one query
 
@@ -77,7 +77,7 @@ def test_explicit_tenants_and_schema_names(tenants, published):
 def test_spread_is_stable_per_tenant(tenants, published, beat_queue):
     tasks.whereami.apply_async_for_tenants(spread_seconds=300, queue=beat_queue)
     etas = dict(published)
-    assert set(etas) == {"tenant1", "tenant2"}
+    assert set(etas) == set(every_tenant())
     assert all(etas.values())
     offsets = {s: spread_offset(s, 300) for s in etas}
     assert sorted(etas, key=lambda s: etas[s]) == sorted(offsets, key=lambda s: offsets[s])
@@ -106,7 +106,7 @@ def test_skipped_schemas_are_logged_and_listed(tenants, unmigrated, published, c
 def test_every_tenant_lists_the_tenants_not_ready(tenants, unmigrated, beat_queue, caplog):
     with caplog.at_level(logging.WARNING, logger="tenant_schemas_celery"):
         results = tasks.whereami.apply_async_for_tenants(queue=beat_queue)
-    assert sorted(results) == ["tenant1", "tenant2"]
+    assert sorted(results) == every_tenant()
     assert results.skipped == {"not_ready": NOT_READY}
     assert "'not_ready'" in caplog.text
 
