@@ -11,7 +11,7 @@ from celery.signals import before_task_publish
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tenant_schemas_celery.dispatch import NOT_A_TENANT, NOT_READY, TenantResults
+from tenant_schemas_celery.dispatch import NOT_A_TENANT, NOT_READY, UNUSABLE_NAME, TenantResults
 from tenant_schemas_celery.exceptions import TenantConfigurationError
 from tenant_schemas_celery.fanout import TenantTargets, spread_offset
 from tenant_schemas_celery.scheduler import TenantAwareSchedulerMixin
@@ -109,6 +109,31 @@ def test_every_tenant_lists_the_tenants_not_ready(tenants, unmigrated, beat_queu
     assert sorted(results) == every_tenant()
     assert results.skipped == {"not_ready": NOT_READY}
     assert "'not_ready'" in caplog.text
+
+
+def test_a_tenant_with_an_unusable_schema_name_is_listed(tenants, beat_queue, caplog):
+    bad = 'bad"name'
+    Client.objects.bulk_create([Client(schema_name=bad, name="BAD")])
+    try:
+        with caplog.at_level(logging.WARNING, logger="tenant_schemas_celery"):
+            results = tasks.whereami.apply_async_for_tenants(queue=beat_queue)
+    finally:
+        Client.objects.filter(schema_name=bad).delete()
+    assert sorted(results) == every_tenant()
+    assert results.skipped == {bad: UNUSABLE_NAME}
+    assert repr(bad) in caplog.text
+
+
+def test_a_long_list_of_skipped_schemas_is_cut_short_in_the_log(tenants, beat_queue, caplog):
+    unknown = [f"nope{i:02}" for i in range(25)]
+    with caplog.at_level(logging.WARNING, logger="tenant_schemas_celery"):
+        results = tasks.whereami.apply_async_for_tenants(tenants=unknown, queue=beat_queue)
+    assert list(results.skipped) == unknown
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "25 schemas skipped" in message
+    assert [name for name in unknown if repr(name) in message] == unknown[:20]
+    assert message.endswith("; and 5 more (see the result's skipped).")
 
 
 def test_nothing_skipped_nothing_logged(tenants, beat_queue, caplog):
