@@ -28,6 +28,7 @@ schema is read again, whatever the counters say.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,11 +68,11 @@ from ._sql import (
 )
 from .capture import SCHEMA_HEADER, current_schema_name
 from .conf import public_schema_name
-from .exceptions import TenantConfigurationError, _short_repr
 from .fanout import (
     ALL_TENANTS_HEADER,
     SPREAD_HEADER,
     OnceLog,
+    header_flag,
     invalid_names_log,
     logger,
     valid_schema_names,
@@ -129,14 +130,17 @@ class TenantAwareModelEntry(ModelEntry):
         """Create or update the public row of a ``beat_schedule`` entry (see ``expand_entry``).
 
         Its targets are stored as headers, as the PyPI package stores them, so
-        existing rows carry over.
+        existing rows carry over. Fields given as ``tenant_schemas`` (one schema, or
+        None for every tenant) and ``tenant_spread_seconds`` are made headers too.
         """
         from django_tenants.utils import schema_context
 
-        tenant_schemas = entry.pop("tenant_schemas", None)
-        spread = entry.pop("tenant_spread_seconds", 0.0)
         options = dict(entry.get("options") or {})
-        options["headers"] = _target_headers(options.get("headers") or {}, tenant_schemas, spread)
+        if "tenant_schemas" in entry or "tenant_spread_seconds" in entry:
+            tenant_schemas = entry.pop("tenant_schemas", None)
+            spread = validate_spread(entry.pop("tenant_spread_seconds", None))
+            headers = _target_headers(options.get("headers") or {}, tenant_schemas, spread)
+            options["headers"] = headers
         with schema_context(public_schema_name()):
             created: TenantAwareModelEntry = super().from_entry(
                 name, app=app, **dict(entry, options=options)
@@ -197,25 +201,10 @@ def row_targets(
     public = public_schema_name()
     if schema_name != public:
         return (schema_name,), spread
-    if _flag(headers.get(ALL_TENANTS_HEADER), ALL_TENANTS_HEADER):
+    if header_flag(headers.get(ALL_TENANTS_HEADER), ALL_TENANTS_HEADER):
         return None, spread
     target = headers.get(SCHEMA_HEADER)
     return (public if target is None else validate_schema_name(target),), spread
-
-
-def _flag(value: object, header: str) -> bool:
-    """Return the boolean a header holds: JSON true, false or null, or "true" / "false".
-
-    Anything else is refused: a truthy string such as ``"no"`` must not send a row to
-    every tenant.
-    """
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise TenantConfigurationError(
-        f"the {header} header must be true or false, got {_short_repr(value)}."
-    )
 
 
 def _target_headers(
@@ -268,10 +257,12 @@ def _mark_changed(cursor: Any, schema_name: str, now: Any) -> None:
 
 @dataclass
 class _SchemaState:
-    """What the scheduler knows of one schema: its change signature and its entries."""
+    """What the scheduler knows of one schema: its change signature, its entries, and the
+    values of its rows that could not be made entries (logged once)."""
 
     signature: _Signature
     entries: dict[str, TenantAwareModelEntry]
+    rejected: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -302,8 +293,10 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         batch_size(int): schemas read per statement. Each statement locks one table
             and its indexes per schema until it ends: mind PostgreSQL's
             ``max_locks_per_transaction``. Defaults to 100.
-        check_interval(float): least number of seconds between two checks for
-            changes (Celery would check at every tick). Defaults to 5.
+        check_interval(float): during a burst of due entries (beat ticking without
+            sleeping in between), the least number of seconds between two checks
+            for changes. Every other read of ``schedule`` checks: a read outside
+            the beat loop, and the first tick after the loop slept. Defaults to 5.
         read_connections(int): database connections reading rows in parallel when
             more than ``batch_size`` schemas are read (the first read, the full reads).
             Each keeps PostgreSQL's caches of its share of the tables warm.
@@ -321,6 +314,9 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
     _heap_invalidated: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._ticking = False  # tick() is running
+        self._tick_check = False  # the running tick may still check for changes
+        self._after_send = False  # the last tick sent an entry (no sleep since)
         self._states: dict[str, _SchemaState] = {}
         self._pending: tuple[dict[str, _Signature], set[str], str] | None = None
         self._digest: str | None = None
@@ -354,8 +350,22 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             super().setup_schedule()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        with self._lenient_conflicts():
-            return super().tick(*args, **kwargs)
+        """Run one beat iteration; duplicate names are logged, not raised.
+
+        The schedule is checked for changes at most once per tick: at the first tick
+        after the loop slept, and during a burst of due entries (ticks that sent, one
+        after the other) at most every ``check_interval`` seconds.
+        """
+        elapsed = time.monotonic() - self._last_check
+        self._tick_check = not self._after_send or elapsed >= self.check_interval
+        self._ticking = True
+        try:
+            with self._lenient_conflicts():
+                delay: float = super().tick(*args, **kwargs)
+        finally:
+            self._ticking = False
+        self._after_send = not delay
+        return delay
 
     def schedules_equal(self, *args: Any, **kwargs: Any) -> bool:
         # The schedule only changes through a reload, which invalidates the heap:
@@ -401,14 +411,17 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
     def schedule_changed(self) -> bool:
         """Return whether rows changed in some schema, or a schema came or went.
 
-        At most every ``check_interval`` seconds, one statement whatever the number
-        of tenants: a digest of every schema's signature (see ``_signatures_sql``),
-        computed by PostgreSQL. Only when it differs from the last one are the
-        signatures read and compared. Every ``full_read_interval`` seconds, True
-        without a check: every schema is read again.
+        At every read of ``schedule`` (in the beat loop, at most once per tick; see
+        ``tick``), one statement whatever the
+        number of tenants: a digest of every schema's signature (see
+        ``_signatures_sql``), computed by PostgreSQL. Only when it differs from the
+        last one are the signatures read and compared. Every ``full_read_interval``
+        seconds, True without a check: every schema is read again.
         """
-        if time.monotonic() - self._last_check < self.check_interval:
-            return False
+        if self._ticking:
+            if not self._tick_check:
+                return False
+            self._tick_check = False
         self._last_check = time.monotonic()
         if self._last_check - self._last_full_read >= self.full_read_interval:
             self._pending = None
@@ -582,24 +595,34 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             rows[schema_of(row)].append(row)
         states = self._states
         for name in reading:
-            entries = self._entries(name, rows[name], states.get(name))
-            states[name] = _SchemaState(survey[name], entries)
+            entries, rejected = self._entries(name, rows[name], states.get(name))
+            states[name] = _SchemaState(survey[name], entries, rejected)
         self._states = {name: states[name] for name in survey if name in states}
 
     def _entries(
         self, schema_name: str, rows: list[PeriodicTask], previous: _SchemaState | None
-    ) -> dict[str, Any]:
-        """Return the entries of ``rows``; a row read again unchanged keeps its entry."""
+    ) -> tuple[dict[str, Any], dict[str, tuple[Any, ...]]]:
+        """Return the entries of ``rows``, and the values of the rows rejected.
+
+        A row read again unchanged keeps its entry; a rejected row read again
+        unchanged stays rejected, without being logged again.
+        """
         known = previous.entries if previous is not None else {}
-        entries = {}
+        was_rejected = previous.rejected if previous is not None else {}
+        entries, rejected = {}, {}
         for row in rows:
+            values = row_values(row)
             kept = known.get(row.name)
-            if kept is not None and kept.read_values == row_values(row):
+            if kept is not None and kept.read_values == values:
                 entries[row.name] = kept
+                continue
+            if was_rejected.get(row.name) == values:
+                rejected[row.name] = values
                 continue
             try:
                 entries[row.name] = self.Entry(row, app=self.app)
             except Exception as exc:
+                rejected[row.name] = values
                 logger.error(
                     "beat: Ignoring periodic task %r of schema %r: %s",
                     row.name,
@@ -607,7 +630,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
                     exc,
                     exc_info=True,
                 )
-        return entries
+        return entries, rejected
 
     def _merged(self) -> dict[str, Any]:
         schedule: dict[str, Any] = {}

@@ -9,9 +9,12 @@ Shared by every scheduler of the package. Beat only has to *send* a message whos
 * Readiness: tenants whose schema does not exist in PostgreSQL yet are skipped
   (and logged once), found with one query for all of them.
 * Spread: ``tenant_spread_seconds`` gives each schema a stable countdown offset.
-* Sending: every message goes through one producer (one broker connection), in
-  pipelines where kombu supports it (Redis), no database query is made per
-  tenant, and the result backend is not asked to watch for results beat never reads.
+* Sending: every message goes through the scheduler's ``apply_async(entry,
+  producer=..., advance=False)`` (Celery's extension point), once per schema, with
+  that schema active on django-tenants' connection; all of them through one
+  producer (one broker connection), in pipelines where kombu supports it (Redis).
+  No database query is made per tenant, and the result backend is not asked to
+  watch for results beat never reads.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from django.db import connections
 
 from ._sql import closing_on_error, tenant_schemas_existing
 from .capture import SCHEMA_HEADER
-from .conf import public_schema_name
+from .conf import public_schema_name, tenant_db_alias
 from .exceptions import InvalidSchemaName, TenantConfigurationError, _short_repr
 from .resolution import validate_schema_name
 
@@ -53,6 +56,12 @@ PUBLISH_BATCH_SIZE = 1000
 MAX_SPREAD_SECONDS = 365 * 24 * 3600
 
 _HASH_BITS = 53  # a float's precision: offsets stay strictly below the window
+#: Attribute of the one-schema copy of an entry that ``send_to_schemas`` hands to
+#: ``apply_async``: the schema it is sent to.
+FANOUT_SCHEMA_ATTR = "_tenant_fanout_schema"
+
+#: ``apply_async(entry, producer)``: sends one schema's copy of an entry, returns its result.
+ApplyAsync = Callable[[Any, Any], Any]
 
 
 class FanoutEntry(Protocol):
@@ -127,6 +136,42 @@ def validate_schema_list(value: object) -> tuple[str, ...]:
                 f"tenant_schemas holds {_short_repr(item)}, not a usable schema name: {exc.reason}."
             ) from exc
     return tuple(dict.fromkeys(names))
+
+
+def header_flag(value: object, header: str) -> bool:
+    """Return the boolean a header holds: true, false or None, or "true" / "false".
+
+    Anything else is refused: a truthy string such as ``"no"`` must not send an entry
+    to every tenant.
+
+    Raises:
+        TenantConfigurationError: ``value`` is none of these.
+
+    Example:
+        >>> header_flag("True", "_all_tenants_only"), header_flag(None, "_all_tenants_only")
+        (True, False)
+    """
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise TenantConfigurationError(
+        f"the {header} header must be true or false, got {_short_repr(value)}."
+    )
+
+
+def entry_spread(entry: Any) -> float:
+    """Return the spread window of ``entry``: its ``tenant_spread_seconds``, else the
+    ``_tenant_spread_seconds`` header of its options (0 without either)."""
+    spread = getattr(entry, "tenant_spread_seconds", 0.0)
+    if spread:
+        return float(spread)
+    return validate_spread((entry.options.get("headers") or {}).get(SPREAD_HEADER), SPREAD_HEADER)
+
+
+def is_fanout_copy(entry: Any) -> bool:
+    """Return whether ``entry`` is the one-schema copy ``send_to_schemas`` sends."""
+    return FANOUT_SCHEMA_ATTR in getattr(entry, "__dict__", ())
 
 
 def valid_schema_names(names: Iterable[str], rejected: OnceLog | None = None) -> list[str]:
@@ -217,34 +262,58 @@ class TenantTargets:
 
 
 def send_to_schemas(
-    app: Any, entry: FanoutEntry, schemas: Sequence[str], producer: Any = None
+    app: Any,
+    entry: FanoutEntry,
+    schemas: Sequence[str],
+    producer: Any = None,
+    apply_async: ApplyAsync | None = None,
 ) -> list[str]:
     """Send ``entry``'s task once per schema, all over one producer; return the schemas sent.
 
-    Each message carries its schema in the ``_schema_name`` header and, with a
-    ``tenant_spread_seconds`` window, that schema's ``spread_offset`` as extra
-    countdown (numeric ``expires`` move with it). Arguments made with
-    ``BeatLazyFunc`` are evaluated once for the whole run. Where kombu can
-    (``Producer.batch``: Redis), the messages are written in pipelines of
-    ``PUBLISH_BATCH_SIZE``, not one round trip each. The messages are the same as
-    Celery's beat sends, but the result backend does not subscribe to their results
-    (see ``results_not_awaited``).
+    Each schema's message is sent by ``apply_async(copy, producer)`` (a scheduler's
+    ``apply_async(copy, producer=producer, advance=False)``; by default, what
+    Celery's ``Scheduler.apply_async`` does), with that schema active on
+    django-tenants' connection (``connection.schema_name``). ``copy`` is a shallow
+    copy of ``entry``, of its class, whose options carry the schema in the
+    ``_schema_name`` header and, with a ``tenant_spread_seconds`` window, that
+    schema's ``spread_offset`` as extra countdown (numeric ``expires`` move with
+    it); beat's own headers (``_all_tenants_only``, ``_tenant_spread_seconds``)
+    are left out. Arguments made with ``BeatLazyFunc`` are evaluated once for the
+    whole run. Where kombu can (``Producer.batch``: Redis), the messages are
+    written in pipelines of ``PUBLISH_BATCH_SIZE``, not one round trip each. The
+    result backend does not subscribe to their results (see ``results_not_awaited``).
+    The schema active before comes back at the end.
 
     The first failed send is logged and ends the run: the failure (broker down,
     arguments that cannot be serialized) would be the same for the other schemas.
     """
     if not schemas:
         return []
-    sender = _sender(app, entry)
+    send = apply_async or _celery_apply_async(app)
+    template = _copy(entry)
+    template.args = [_evaluate(value) for value in entry.args or ()]
+    template.kwargs = {key: _evaluate(value) for key, value in (entry.kwargs or {}).items()}
     base = _base_options(entry.options)
-    window = getattr(entry, "tenant_spread_seconds", 0.0)  # entries of other classes: none
+    window = entry_spread(entry)
+    fields = template.__dict__
+    cls: Any = type(entry)
+    new = cls.__new__
     sent: list[str] = []
     try:
-        with results_not_awaited(), app.producer_or_acquire(producer) as shared, _batched(shared):
+        with (
+            results_not_awaited(),
+            app.producer_or_acquire(producer) as shared,
+            _batched(shared),
+            _active_schema() as activate,
+        ):
             for schema_name in schemas:
-                options = _options_for(base, schema_name, spread_offset(schema_name, window))
+                one = new(cls)
+                one.__dict__.update(fields)
+                one.options = _options_for(base, schema_name, spread_offset(schema_name, window))
+                one.__dict__[FANOUT_SCHEMA_ATTR] = schema_name
+                activate(schema_name)
                 try:
-                    sender(shared, options)
+                    send(one, shared)
                 except Exception:
                     logger.exception(
                         "beat: Sending %r (%s) to schema %r failed; its %d remaining "
@@ -268,18 +337,46 @@ def send_to_schemas(
     return sent
 
 
-def _sender(app: Any, entry: FanoutEntry) -> Callable[[Any, dict[str, Any]], Any]:
-    """Return a function sending ``entry``'s task with given producer and options."""
-    task = app.tasks.get(entry.task)
-    args = [_evaluate(value) for value in entry.args or ()]
-    kwargs = {key: _evaluate(value) for key, value in (entry.kwargs or {}).items()}
-    if task is not None:
-        return lambda producer, options: task.apply_async(
-            args, kwargs, producer=producer, **options
+def _copy(entry: Any) -> Any:
+    """Return a shallow copy of ``entry`` made without calling its ``__init__``."""
+    cls: Any = type(entry)
+    copied = cls.__new__(cls)
+    copied.__dict__.update(entry.__dict__)
+    return copied
+
+
+def _celery_apply_async(app: Any) -> ApplyAsync:
+    """Return a sender doing what Celery's ``Scheduler.apply_async`` does with an entry."""
+
+    def send(entry: Any, producer: Any) -> Any:
+        task = app.tasks.get(entry.task)
+        if task is not None:
+            return task.apply_async(entry.args, entry.kwargs, producer=producer, **entry.options)
+        return app.send_task(
+            entry.task, entry.args, entry.kwargs, producer=producer, **entry.options
         )
-    return lambda producer, options: app.send_task(
-        entry.task, args, kwargs, producer=producer, **options
-    )
+
+    return send
+
+
+@contextmanager
+def _active_schema() -> Iterator[Callable[[str], None]]:
+    """Yield a function making a schema active on django-tenants' connection; the tenant
+    active before comes back at the end."""
+    connection = connections[tenant_db_alias()]
+    previous = getattr(connection, "tenant", None)
+
+    def activate(schema_name: str) -> None:
+        if connection.schema_name != schema_name:
+            connection.set_schema(schema_name)
+
+    try:
+        yield activate
+    finally:
+        if previous is None:
+            connection.set_schema_to_public()
+        elif connection.tenant is not previous:
+            connection.set_tenant(previous)
 
 
 @contextmanager

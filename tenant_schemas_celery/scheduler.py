@@ -6,14 +6,20 @@ Usage::
 
 A ``beat_schedule`` item ``NAME`` becomes one entry per schema ``NAME@SCHEMA``
 when it has ``"tenant_schemas": [...]`` (the schema in its ``_schema_name``
-header), else one entry ``NAME@__all_tenants_only__`` that is sent, at each due
-time, to every tenant of ``get_queryset()`` then existing (public excluded).
-These are the names of the PyPI package, so existing schedule files carry over.
+header), else one entry ``NAME@__all_tenants_only__`` (with the header
+``"_all_tenants_only": True``) that is sent, at each due time, to every tenant of
+``get_queryset()`` then existing, public excluded. These are the names and headers
+of the PyPI package, so existing schedule files carry over.
+
+``TenantAwareSchedulerMixin`` adds the fan-out to any Celery scheduler (Celery's,
+django-celery-beat's ``DatabaseScheduler``, celery-redbeat's ``RedBeatScheduler``):
+the base scheduler keeps its own entries and storage, and each message goes through
+its ``apply_async(entry, producer=..., advance=False)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry, Scheduler
@@ -21,9 +27,14 @@ from kombu.utils.objects import cached_property
 
 from .capture import SCHEMA_HEADER
 from .conf import public_schema_name
+from .exceptions import TenantConfigurationError, _short_repr
 from .fanout import (
     ALL_TENANTS,
+    ALL_TENANTS_HEADER,
+    SPREAD_HEADER,
     TenantTargets,
+    header_flag,
+    is_fanout_copy,
     logger,
     send_to_schemas,
     validate_schema_list,
@@ -47,6 +58,18 @@ __all__ = [
 
 #: Prefix of Celery's built-in tasks: without ``tenant_schemas`` they run once, in public.
 CELERY_TASK_PREFIX = "celery."
+#: Headers naming where an entry goes; ``expand_entry`` sets them.
+TARGET_HEADERS = (SCHEMA_HEADER, ALL_TENANTS_HEADER, SPREAD_HEADER)
+
+
+def __getattr__(name: str) -> Any:
+    # ``Tenant``, the tenant model, as the PyPI package's module has it; looked up on
+    # first access, so that importing this module needs no ready app registry.
+    if name == "Tenant":
+        from django_tenants.utils import get_tenant_model
+
+        return get_tenant_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TenantAwareScheduleEntry(ScheduleEntry):
@@ -54,13 +77,16 @@ class TenantAwareScheduleEntry(ScheduleEntry):
 
     Parameters:
         tenant_schemas(Sequence[str] | None): the schemas to send to (``"public"``
-            allowed); None sends to every tenant of the scheduler's ``get_queryset()``,
-            public excluded.
+            allowed). By default, those its headers name: the ``_schema_name``
+            header's schema, or every tenant of the scheduler's ``get_queryset()``,
+            public excluded, with ``"_all_tenants_only": True`` or without either.
         tenant_spread_seconds(float | None): spread each run over this many seconds:
             every schema's message is delayed by a stable offset in ``[0, window)``.
-            None or 0: no delay.
+            By default the ``_tenant_spread_seconds`` header, or 0 (no delay).
 
-    The other parameters are those of ``celery.beat.ScheduleEntry``.
+    The other parameters are those of ``celery.beat.ScheduleEntry``. A ninth
+    positional field that is not Celery's ``relative`` flag (the ``tenant_schemas``
+    that schedule files of the PyPI package's older releases hold) is dropped.
     """
 
     tenant_schemas: tuple[str, ...] | None = None
@@ -73,11 +99,20 @@ class TenantAwareScheduleEntry(ScheduleEntry):
         tenant_spread_seconds: Any = None,
         **kwargs: Any,
     ) -> None:
+        if len(args) == 9 and not isinstance(args[8], bool):
+            args = args[:8]
         super().__init__(*args, **kwargs)
+        headers = self.options.get("headers") or {}
         self.tenant_schemas = (
-            None if tenant_schemas is None else validate_schema_list(tenant_schemas)
+            header_targets(headers)
+            if tenant_schemas is None
+            else validate_schema_list(tenant_schemas)
         )
-        self.tenant_spread_seconds = validate_spread(tenant_spread_seconds)
+        self.tenant_spread_seconds = (
+            validate_spread(headers.get(SPREAD_HEADER), SPREAD_HEADER)
+            if tenant_spread_seconds is None
+            else validate_spread(tenant_spread_seconds)
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         cls, args = super().__reduce__()
@@ -90,8 +125,13 @@ class TenantAwareScheduleEntry(ScheduleEntry):
     def update(self, other: ScheduleEntry) -> None:
         """Update the editable fields, the tenant options included, from ``other``."""
         super().update(other)
-        self.tenant_schemas = getattr(other, "tenant_schemas", None)
-        self.tenant_spread_seconds = getattr(other, "tenant_spread_seconds", 0.0)
+        if isinstance(other, TenantAwareScheduleEntry):
+            self.tenant_schemas = other.tenant_schemas
+            self.tenant_spread_seconds = other.tenant_spread_seconds
+        else:
+            headers = self.options.get("headers") or {}
+            self.tenant_schemas = header_targets(headers)
+            self.tenant_spread_seconds = validate_spread(headers.get(SPREAD_HEADER), SPREAD_HEADER)
 
     def editable_fields_equal(self, other: ScheduleEntry) -> bool:
         return (
@@ -110,16 +150,18 @@ def expand_entry(name: str, fields: Mapping[str, Any]) -> dict[str, dict[str, An
 
     ``tenant_schemas`` gives one ``NAME@SCHEMA`` entry per schema, its schema in
     ``options["headers"]["_schema_name"]``; without it, one ``NAME@__all_tenants_only__``
-    entry. Celery's built-in tasks (``celery.*``) without ``tenant_schemas`` keep
-    their name and run once, in public.
+    entry with ``options["headers"]["_all_tenants_only"] = True``. A spread is kept
+    in the ``_tenant_spread_seconds`` header. Celery's built-in tasks (``celery.*``)
+    without ``tenant_schemas`` keep their name and run once, in public. The fields
+    are Celery's only, so any scheduler's entry class takes them.
 
     Raises:
         TenantConfigurationError: ``tenant_schemas`` or ``tenant_spread_seconds`` is malformed
             (the message names the option and what is wrong with it).
 
     Example:
-        >>> sorted(expand_entry("report", {"task": "t", "schedule": 60, "tenant_schemas": ["a"]}))
-        ['report@a']
+        >>> expand_entry("report", {"task": "t", "schedule": 60, "tenant_schemas": ["a"]})
+        {'report@a': {'task': 't', 'schedule': 60, 'options': {'headers': {'_schema_name': 'a'}}}}
         >>> sorted(expand_entry("report", {"task": "t", "schedule": 60}))
         ['report@__all_tenants_only__']
     """
@@ -127,61 +169,93 @@ def expand_entry(name: str, fields: Mapping[str, Any]) -> dict[str, dict[str, An
     schemas = fields.pop("tenant_schemas", None)
     spread = validate_spread(fields.pop("tenant_spread_seconds", None))
     if schemas is None and str(fields.get("task", "")).startswith(CELERY_TASK_PREFIX):
-        return {name: _for_schema(fields, public_schema_name(), spread)}
+        return {name: _with_targets(fields, {SCHEMA_HEADER: public_schema_name()}, spread)}
     if schemas is None:
-        return {f"{name}@{ALL_TENANTS}": {**fields, "tenant_spread_seconds": spread}}
+        return {f"{name}@{ALL_TENANTS}": _with_targets(fields, {ALL_TENANTS_HEADER: True}, spread)}
     return {
-        f"{name}@{schema}": _for_schema(fields, schema, spread)
+        f"{name}@{schema}": _with_targets(fields, {SCHEMA_HEADER: schema}, spread)
         for schema in validate_schema_list(schemas)
     }
 
 
-def _for_schema(fields: Mapping[str, Any], schema_name: str, spread: float) -> dict[str, Any]:
+def _with_targets(
+    fields: Mapping[str, Any], targets: dict[str, Any], spread: float
+) -> dict[str, Any]:
     options = dict(fields.get("options") or {})
-    options["headers"] = {**(options.get("headers") or {}), SCHEMA_HEADER: schema_name}
-    return {
-        **fields,
-        "options": options,
-        "tenant_schemas": (schema_name,),
-        "tenant_spread_seconds": spread,
+    headers = {
+        key: value
+        for key, value in (options.get("headers") or {}).items()
+        if key not in TARGET_HEADERS
     }
+    headers.update(targets)
+    if spread:
+        headers[SPREAD_HEADER] = spread
+    options["headers"] = headers
+    return {**fields, "options": options}
+
+
+def header_targets(headers: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Return the schemas that an entry's headers send it to (None: every tenant).
+
+    ``"_all_tenants_only": True`` means every tenant; else the ``_schema_name``
+    header names the one schema; without either, every tenant.
+
+    Raises:
+        InvalidSchemaName: the ``_schema_name`` header is not a usable schema name.
+        TenantConfigurationError: the ``_all_tenants_only`` header is neither true nor false.
+    """
+    if header_flag(headers.get(ALL_TENANTS_HEADER), ALL_TENANTS_HEADER):
+        return None
+    schema_name = headers.get(SCHEMA_HEADER)
+    return None if schema_name is None else (validate_schema_name(schema_name),)
 
 
 def entry_targets(entry: Any) -> tuple[str, ...] | None:
     """Return the schemas an entry goes to (None: every tenant).
 
-    Entries of other classes go to the schema of their ``_schema_name`` header,
-    or to every tenant without one.
+    Its ``tenant_schemas`` (any iterable of names: a subclass may set a queryset's
+    ``values_list``) when set, else what its headers say (see ``header_targets``):
+    entries of other classes (Celery's, django-celery-beat's, celery-redbeat's) are
+    sent as the PyPI package's headers say.
     """
-    if hasattr(entry, "tenant_schemas"):
-        targets: tuple[str, ...] | None = entry.tenant_schemas
-        return targets
-    schema_name = (entry.options.get("headers") or {}).get(SCHEMA_HEADER)
-    return None if schema_name is None else (validate_schema_name(schema_name),)
+    explicit = getattr(entry, "tenant_schemas", None)
+    if explicit is None:
+        return header_targets(entry.options.get("headers") or {})
+    if isinstance(explicit, (str, bytes)) or not isinstance(explicit, Iterable):
+        raise TenantConfigurationError(
+            f"tenant_schemas must be a list of schema names, got {_short_repr(explicit)}."
+        )
+    return validate_schema_list(tuple(explicit))
 
 
 class TenantAwareSchedulerMixin(_SchedulerBase):
     """Makes a Celery beat scheduler send each due entry to its tenant schemas.
+
+    Put it first among the bases: ``class S(TenantAwareSchedulerMixin, BaseScheduler)``.
+    It expands ``beat_schedule`` items (see ``expand_entry``) before handing them to
+    the base scheduler's own ``update_from_dict`` / ``merge_inplace``, and leaves
+    its ``Entry`` class and storage alone. A due entry is sent once per target
+    schema through ``apply_async(entry, producer=..., advance=False)``, with the
+    schema active on django-tenants' connection; a base scheduler that calls
+    ``apply_async`` itself for a due entry (celery-redbeat) gets the same fan-out.
 
     Override ``get_queryset()`` to narrow the tenants beat sends to (your own
     notion of a "ready" tenant); tenants whose schema does not exist yet are
     always skipped.
     """
 
-    Entry: Any = TenantAwareScheduleEntry
+    _fanning_out = False  # apply_entry is sending an entry to its schemas
 
     @classmethod
     def get_queryset(cls) -> QuerySet[Any]:
-        """Return the tenants that entries without ``tenant_schemas`` are sent to.
+        """Return the tenants beat may send to: every tenant, public included.
 
-        Also limits the tenants an entry's ``tenant_schemas`` may name (public
-        needs no tenant row). Every tenant but the public one by default.
+        Entries sent to every tenant leave the public schema out themselves; an
+        entry's ``tenant_schemas`` may name public without a tenant row for it.
         """
         from django_tenants.utils import get_tenant_model
 
-        queryset: QuerySet[Any] = get_tenant_model().objects.exclude(
-            schema_name=public_schema_name()
-        )
+        queryset: QuerySet[Any] = get_tenant_model().objects.all()
         return queryset
 
     @cached_property
@@ -199,17 +273,48 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
                 entry.task,
                 len(schemas),
             )
-            send_to_schemas(self.app, entry, schemas, producer)
+            self._fanning_out = True
+            try:
+                send_to_schemas(self.app, entry, schemas, producer, self._apply_for_schema)
+            finally:
+                self._fanning_out = False
         except Exception:
             logger.exception(
                 "beat: Could not send due task %s (%s); trying again at its next due time.",
                 entry.name,
                 entry.task,
             )
-        finally:
-            self._tasks_since_sync += 1
-            if self.should_sync():
-                self._do_sync()
+        if self.should_sync():
+            self._do_sync()
+
+    def should_sync(self) -> bool:
+        """The base scheduler's ``should_sync``, False while an entry is being sent.
+
+        Celery's ``apply_async`` syncs when it is time to: during a fan-out a tenant
+        schema is active, where a base scheduler's unqualified writes would land.
+        The sync comes after the fan-out instead, in the schema active before.
+        """
+        if self._fanning_out:
+            return False
+        return bool(super().should_sync())
+
+    def _apply_for_schema(self, entry: Any, producer: Any) -> Any:
+        return self.apply_async(entry, producer=producer, advance=False)
+
+    def apply_async(
+        self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        """Send one schema's copy of an entry (Celery's ``apply_async``).
+
+        Called with an entry itself (by a base scheduler that sends due entries this
+        way), advance it when asked, then send it to each of its schemas (see
+        ``apply_entry``); None is returned then.
+        """
+        if is_fanout_copy(entry):
+            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        entry = self.reserve(entry) if advance else entry
+        self.apply_entry(entry, producer=producer)
+        return None
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Run one beat iteration; tenants are read again once the loop goes to sleep."""
@@ -219,34 +324,25 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         return delay
 
     def merge_inplace(self, b: Mapping[str, Any]) -> None:
-        """Make the schedule hold the expanded entries of ``b``, keeping their run history."""
-        entries = self._entries_from_config(b)
-        schedule = self.schedule
-        for name in set(schedule) - set(entries):
-            del schedule[name]
-        for name, entry in entries.items():
-            current = schedule.get(name)
-            if current is not None:
-                entry.last_run_at = current.last_run_at
-                entry.total_run_count = current.total_run_count
-            schedule[name] = entry
+        """The base scheduler's ``merge_inplace`` of the expanded entries of ``b``."""
+        super().merge_inplace(self.expand_schedule(b))
 
     def update_from_dict(self, dict_: Mapping[str, Any]) -> None:
-        """Add the expanded entries of ``dict_`` to the schedule."""
-        self.schedule.update(self._entries_from_config(dict_))
+        """The base scheduler's ``update_from_dict`` of the expanded entries of ``dict_``."""
+        super().update_from_dict(self.expand_schedule(dict_))
 
-    def _entries_from_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+    def expand_schedule(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Return the entries (name to fields) that the ``beat_schedule`` items become.
+
+        Entry objects are kept as they are; a malformed item is logged and left out.
+        """
         entries: dict[str, Any] = {}
         for name, fields in config.items():
             if isinstance(fields, ScheduleEntry):
-                fields.app = self.app
                 entries[name] = fields
                 continue
             try:
-                expanded = {
-                    entry_name: self.Entry(**dict(entry_fields, name=entry_name, app=self.app))
-                    for entry_name, entry_fields in expand_entry(name, fields).items()
-                }
+                expanded = expand_entry(name, fields)
             except Exception as exc:
                 logger.error("beat: Ignoring schedule entry %r: %s", name, exc, exc_info=True)
                 continue
@@ -265,6 +361,10 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
 class TenantAwareScheduler(TenantAwareSchedulerMixin, Scheduler):
     """Celery's in-memory ``Scheduler``, sending each entry to its tenant schemas."""
 
+    Entry = TenantAwareScheduleEntry
+
 
 class TenantAwarePersistentScheduler(TenantAwareSchedulerMixin, PersistentScheduler):
     """Celery's ``PersistentScheduler`` (shelve file), sending each entry to its tenant schemas."""
+
+    Entry = TenantAwareScheduleEntry

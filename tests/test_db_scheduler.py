@@ -344,6 +344,50 @@ def test_orm_changes_are_seen_by_the_next_check_at_once(beat_queue: str, started
     assert "job" not in scheduler.schedule
 
 
+def test_schedule_sees_an_orm_change_at_the_next_read(beat_queue: str) -> None:
+    """As django-celery-beat's ``DatabaseScheduler``: no interval between two reads."""
+    if connection.pg_version < 150000:
+        pytest.skip("PostgreSQL < 15 publishes counters every 0.5 s (statistics collector)")
+    with beat_schedule({}):
+        scheduler = TenantAwareDatabaseScheduler(app=app)  # its default check_interval
+    try:
+        job = add_task("tenant1", "job", queue=beat_queue)
+        assert scheduler.schedule["job"].schema_name == "tenant1"
+        with schema_context("tenant1"):
+            job.kwargs = '{"edited": true}'
+            job.save()
+        assert scheduler.schedule["job"].kwargs == {"edited": True}
+        add_task("public", "public-job", queue=beat_queue)
+        assert "public-job" in scheduler.schedule
+        # A duplicate name made the same way raises at that read
+        add_task("tenant2", "job", queue=beat_queue)
+        with pytest.raises(ValueError, match="duplicate periodic task name: 'job'"):
+            scheduler.schedule  # noqa: B018
+    finally:
+        scheduler.close()
+
+
+def test_the_beat_loop_checks_once_per_wake_up(beat_queue: str, started: Any) -> None:
+    # A burst of due entries is sent without a check between two of them; the loop
+    # checks again when it wakes up from sleeping.
+    for index in range(5):
+        add_task("tenant1", f"job{index}", queue=beat_queue)
+    scheduler = started()
+    scheduler.check_interval = 300  # only the wake-ups check, during this test
+    make_due(scheduler)
+    checks: list[int] = []
+    survey = scheduler._survey
+    scheduler._survey = lambda *args: checks.append(1) or survey(*args)  # type: ignore[method-assign]
+    assert run_due(scheduler) == len(scheduler.schedule) == 6  # celery.backend_cleanup too
+    assert len(checks) == 2  # the first tick, and the read just above
+    add_task("tenant2", "late", queue=beat_queue)
+    changed()
+    scheduler.tick()  # woken up after a sleep: the change is seen
+    assert len(checks) == 3
+    assert "late" in scheduler._schedule
+    assert len(drain(beat_queue)) == 5
+
+
 def test_rows_are_picked_up_in_a_schema_without_change_tracking_row(
     beat_queue: str, started: Any
 ) -> None:

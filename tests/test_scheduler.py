@@ -72,7 +72,20 @@ def test_a_per_schema_entry_carries_its_schema_header() -> None:
         {"task": TASK, "schedule": 60, "options": {"headers": {"x": 1}}, "tenant_schemas": ["t1"]},
     )
     assert expanded["job@t1"]["options"]["headers"] == {"x": 1, "_schema_name": "t1"}
-    assert expanded["job@t1"]["tenant_schemas"] == ("t1",)
+    assert "tenant_schemas" not in expanded["job@t1"]  # Celery's fields only
+
+
+def test_targets_and_spread_are_kept_as_headers() -> None:
+    # The entry sent to every tenant has the PyPI package's marker header; a
+    # tenant_schemas entry drops a stale one, and the reverse.
+    fields = {"task": TASK, "schedule": 60, "tenant_spread_seconds": 30}
+    stale = {"options": {"headers": {"_schema_name": "t9", "_all_tenants_only": True}}}
+    every = expand_entry("job", {**fields, **stale})["job@__all_tenants_only__"]
+    assert every["options"]["headers"] == {"_all_tenants_only": True, "_tenant_spread_seconds": 30}
+    listed = expand_entry("job", {**fields, **stale, "tenant_schemas": ["t1"]})["job@t1"]
+    assert listed["options"]["headers"] == {"_schema_name": "t1", "_tenant_spread_seconds": 30}
+    entry = TenantAwareScheduleEntry(name="job@t1", app=app, **listed)
+    assert (entry.tenant_schemas, entry.tenant_spread_seconds) == (("t1",), 30)
 
 
 def test_celery_builtin_tasks_run_once_in_public() -> None:
@@ -80,7 +93,7 @@ def test_celery_builtin_tasks_run_once_in_public() -> None:
         "celery.backend_cleanup", {"task": "celery.backend_cleanup", "schedule": 60}
     )
     assert list(expanded) == ["celery.backend_cleanup"]
-    assert expanded["celery.backend_cleanup"]["tenant_schemas"] == ("public",)
+    assert expanded["celery.backend_cleanup"]["options"]["headers"] == {"_schema_name": "public"}
 
 
 @pytest.mark.parametrize(
