@@ -21,9 +21,9 @@ from django.db import connections
 
 from .conf import public_schema_name
 from .exceptions import TenantActivationMissing, TenantConfigurationError
-from .resolution import lookup_tenant, schema_name_from_request
+from .resolution import resolve_tenant, schema_name_from_request
 from .sentry import NOT_TAGGED, tag_events
-from .session import forget_search_path, prove_schema, settle_transaction
+from .session import forget_search_path, prove_schema, search_path, settle_transaction
 from .signals import tenant_activated
 
 #: Attribute of the task request (``task.request``) holding its ``Activation``.
@@ -68,7 +68,7 @@ def enter(task: Any) -> Activation:
     request = task.request
     deferred = not request.is_eager
     public = public_schema_name()
-    schema_name, tenant, error = public, None, None
+    schema_name, tenant, error, proven = public, None, None, False
     targets: list[Any] = []
     try:
         schema_name = schema_name_from_request(request, public)
@@ -79,14 +79,16 @@ def enter(task: Any) -> Activation:
             _check_connection(connection, deferred)
             forget_search_path(connection)  # a body may have changed it: the lookup resets it
         if schema_name != public:
-            tenant = lookup_tenant(task, schema_name)
+            tenant, proven = resolve_tenant(task, schema_name, targets[0], public)
     except Exception as exc:
-        schema_name, tenant, error = public, None, exc
+        schema_name, tenant, error, proven = public, None, exc, False
     saved = _saved_states(targets, deferred)
     try:
         for index, connection in enumerate(targets):
             _switch(connection, tenant, public)
-            if index == 0 or connection.connection is not None:
+            if index == 0 and proven:  # the lookup set and proved the session
+                connection.search_path_set_schemas = search_path(connection, public)
+            elif index == 0 or connection.connection is not None:
                 prove_schema(connection, public)
             else:  # not open: its first query sets the path of a new session
                 forget_search_path(connection)

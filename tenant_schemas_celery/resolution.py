@@ -98,6 +98,47 @@ def lookup_tenant(task: Any, schema_name: str) -> Any:
     return tenant
 
 
+#: Marks ``TenantTask.get_tenant_for_schema``'s own function (not an override).
+DEFAULT_LOOKUP_ATTR = "_tenant_schemas_celery_default_lookup"
+
+
+def uses_default_lookup(task: Any) -> bool:
+    """Return True if the task's class keeps ``TenantTask``'s own ``get_tenant_for_schema``."""
+    hook = getattr(type(task).get_tenant_for_schema, "__func__", None)
+    return getattr(hook, DEFAULT_LOOKUP_ATTR, False) is True
+
+
+def resolve_tenant(task: Any, schema_name: str, connection: Any, public: str) -> tuple[Any, bool]:
+    """Return the tenant of ``schema_name``, and whether ``connection`` is already proven.
+
+    With the default lookup and no cached tenant, the row is read by the statement that
+    also sets ``connection``'s ``search_path`` and proves the schema (``proven_lookup``);
+    otherwise the task's ``get_tenant_for_schema`` is called and the caller proves.
+
+    Raises:
+        TenantNotFound, TenantSchemaMissing, TenantLookupFailed: as ``lookup_tenant``.
+    """
+    from django_tenants.utils import get_tenant_model
+
+    from .conf import tenant_cache_seconds
+    from .proven_lookup import can_fuse, fetch_proven_tenant
+
+    model = get_tenant_model()
+    if not uses_default_lookup(task) or not can_fuse(model, connection):
+        return lookup_tenant(task, schema_name), False
+    seconds = tenant_cache_seconds(task)
+    cache = task.tenant_cache()
+    if seconds:
+        catch_up()
+        tenant = cache.get(schema_name, None, max_age=seconds)
+        if tenant is not None:
+            return tenant, False
+    tenant = fetch_proven_tenant(model, connection, schema_name, public)
+    if seconds:
+        cache.set(schema_name, tenant, seconds)
+    return tenant, True
+
+
 def cached_tenant(
     cache: Any, schema_name: str, cache_seconds: float, lookup: Callable[[str], Any]
 ) -> Any:

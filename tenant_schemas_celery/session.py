@@ -65,24 +65,52 @@ def settle_transaction(connection: Any, previous_task: str | None, next_task: st
     return True
 
 
-def search_path(connection: Any, public: str) -> list[str]:
-    """Return the schemas django-tenants puts in ``search_path`` for the connection's tenant."""
-    schema_name = connection.schema_name
+def search_path_for(schema_name: str, public: str, include_public: bool = True) -> list[str]:
+    """Return the schemas django-tenants puts in ``search_path`` for ``schema_name``."""
     if schema_name == public:
         paths = [public]
-    elif connection.include_public_schema:
+    elif include_public:
         paths = [schema_name, public]
     else:
         paths = [schema_name]
     return [*paths, *getattr(settings, "PG_EXTRA_SEARCH_PATHS", ())]
 
 
+def search_path(connection: Any, public: str) -> list[str]:
+    """Return the ``search_path`` of the connection's current tenant."""
+    return search_path_for(connection.schema_name, public, connection.include_public_schema)
+
+
+def proof_parameters(paths: list[str], schema_name: str) -> tuple[str, str]:
+    """Return ``PROVE_SQL``'s parameters: the quoted path, and the migrations table's name."""
+    table = f"{quote_identifier(schema_name)}.{MIGRATIONS_TABLE}"
+    return ",".join(map(quote_identifier, paths)), table
+
+
+def run_statement(connection: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on a cursor that bypasses django-tenants' ``SET search_path``; fetch all.
+
+    The cursor is Django's (execute wrappers and query logging see the statement).
+    """
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = connection.create_cursor()
+        logged = connection.queries_logged
+        cursor = connection.make_debug_cursor(raw) if logged else connection.make_cursor(raw)
+        try:
+            cursor.execute(sql, params)
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+            return rows
+        finally:
+            cursor.close()
+
+
 def prove_schema(connection: Any, public: str) -> None:
     """Set the connection's ``search_path`` to its tenant and prove the schema is migrated.
 
-    One statement on a cursor that bypasses django-tenants' own ``SET search_path``;
-    django-tenants is then told the path is set (``TENANT_LIMIT_SET_CALLS`` sends no
-    other). Public needs no proof: its path is reset at the next query instead.
+    One statement (``PROVE_SQL``); django-tenants is then told the path is set
+    (``TENANT_LIMIT_SET_CALLS`` sends no other). Public needs no proof: its path is
+    reset at the next query instead.
 
     Raises:
         TenantSchemaMissing: the schema does not exist or has no ``django_migrations``.
@@ -92,17 +120,7 @@ def prove_schema(connection: Any, public: str) -> None:
         connection.search_path_set_schemas = None
         return
     paths = search_path(connection, public)
-    table = f"{quote_identifier(schema_name)}.{MIGRATIONS_TABLE}"
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        raw = connection.create_cursor()
-        logged = connection.queries_logged
-        cursor = connection.make_debug_cursor(raw) if logged else connection.make_cursor(raw)
-        try:
-            cursor.execute(PROVE_SQL, (",".join(map(quote_identifier, paths)), table))
-            (_, migrated) = cursor.fetchone()
-        finally:
-            cursor.close()
+    ((_, migrated),) = run_statement(connection, PROVE_SQL, proof_parameters(paths, schema_name))
     if not migrated:
         connection.search_path_set_schemas = None
         raise TenantSchemaMissing(schema_name)

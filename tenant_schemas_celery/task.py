@@ -18,7 +18,7 @@ from .cache import SimpleCache, tenant_cache
 from .canvas import stamp_carried, stamped_list
 from .capture import current_schema_name, headers_with_schema
 from .dispatch import send_to_tenants
-from .resolution import cached_tenant
+from .resolution import DEFAULT_LOOKUP_ATTR, cached_tenant
 
 __all__ = ["TenantTask", "headers_with_schema", "make_tenant_aware", "tenant_aware_class"]
 
@@ -65,6 +65,8 @@ class TenantTask(DjangoTask):
         return cached_tenant(
             cls.tenant_cache(), schema_name, conf.tenant_cache_seconds(cls), _default_lookup
         )
+
+    setattr(get_tenant_for_schema.__func__, DEFAULT_LOOKUP_ATTR, True)  # type: ignore[attr-defined]
 
     @classmethod
     def get_tenant_databases(cls) -> tuple[str, ...]:

@@ -903,13 +903,15 @@ def test_on_commit_example_sends_in_the_schema_of_the_call(tenants: Any) -> None
 
 
 @pytest.fixture(scope="module")
-def canvas_tenants(database: None) -> None:
+def canvas_tenants(database: None) -> Iterator[None]:
+    """The example's tenants t1, t2 and t3, dropped again afterwards."""
     from tests.conftest import create_tenant
     from tests.project.customers.models import Client
 
-    for schema_name in ("t1", "t2", "t3"):
-        if not Client.objects.filter(schema_name=schema_name).exists():
-            create_tenant(schema_name)
+    made = [create_tenant(name) for name in ("t1", "t2", "t3")]
+    yield
+    for tenant in made:
+        Client.objects.get(pk=tenant.pk).delete(force_drop=True)
 
 
 @exercises("canvas-rule")
