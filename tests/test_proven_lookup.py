@@ -46,9 +46,9 @@ def test_row_without_schema_is_missing(tenants):
 @pytest.mark.parametrize("limit_set_calls", [True, False])
 def test_uncached_task_reads_its_tenant_in_the_proving_statement(tenants, limit_set_calls):
     # One statement looks the tenant up, sets search_path and proves the schema
-    with override_settings(TENANT_LIMIT_SET_CALLS=limit_set_calls), schema_context("tenant2"):
-        with CaptureQueriesContext(connection) as queries:
-            assert tasks.uncached_whereami.apply().get()["schema"] == "tenant2"
+    limit = override_settings(TENANT_LIMIT_SET_CALLS=limit_set_calls)
+    with limit, schema_context("tenant2"), CaptureQueriesContext(connection) as queries:
+        assert tasks.uncached_whereami.apply().get()["schema"] == "tenant2"
     before_body = []
     for query in queries.captured_queries:
         if "notes_note" in query["sql"]:
