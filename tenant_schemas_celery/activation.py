@@ -89,7 +89,7 @@ def enter(task: Any) -> Activation:
             if index == 0 and proven:  # the lookup set and proved the session
                 connection.search_path_set_schemas = search_path(connection, public)
             elif index == 0 or connection.connection is not None:
-                prove_schema(connection, public)
+                prove_schema(connection, public, fresh_session=deferred)
             else:  # not open: its first query sets the path of a new session
                 forget_search_path(connection)
     except Exception as exc:

@@ -21,7 +21,7 @@ from typing import Any
 from django.db import router
 
 from .exceptions import TenantLookupFailed, TenantNotFound, TenantSchemaMissing
-from .session import PROVE_SQL, proof_parameters, quote_identifier, run_statement, search_path_for
+from .session import PROVE_SQL, proof_parameters, quote_identifier, run_proof, search_path_for
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ def can_fuse(model: type, connection: Any) -> bool:
     return bool(router.db_for_read(model) == connection.alias)
 
 
-def fetch_proven_tenant(model: Any, connection: Any, schema_name: str, public: str) -> Any:
+def fetch_proven_tenant(
+    model: Any, connection: Any, schema_name: str, public: str, fresh_session: bool = False
+) -> Any:
     """Return the tenant of ``schema_name``, with ``connection``'s session set to its schema.
 
     The caller switches the connection's tenant next, then marks its ``search_path`` set
@@ -53,9 +55,8 @@ def fetch_proven_tenant(model: Any, connection: Any, schema_name: str, public: s
     statement = _statement(model, connection, public)
     paths = search_path_for(schema_name, public)
     try:
-        rows = run_statement(
-            connection, statement.sql, (*proof_parameters(paths, schema_name), schema_name)
-        )
+        params = (*proof_parameters(paths, schema_name), schema_name)
+        rows = run_proof(connection, statement.sql, params, fresh_session)
     except Exception as exc:
         raise TenantLookupFailed(schema_name, f"{type(exc).__name__}: {exc}") from exc
     if not rows:

@@ -133,7 +133,8 @@ def resolve_tenant(task: Any, schema_name: str, connection: Any, public: str) ->
         tenant = cache.get(schema_name, None, max_age=seconds)
         if tenant is not None:
             return tenant, False
-    tenant = fetch_proven_tenant(model, connection, schema_name, public)
+    fresh_session = not task.request.is_eager
+    tenant = fetch_proven_tenant(model, connection, schema_name, public, fresh_session)
     if seconds:
         cache.set(schema_name, tenant, seconds)
     return tenant, True

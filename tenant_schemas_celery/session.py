@@ -8,7 +8,11 @@ Nothing a previous task body did to its database session is trusted:
 - ``prove_schema`` sets ``search_path`` in the same statement that proves the tenant's
   schema exists and is migrated (its own ``django_migrations`` table), so neither a body
   that changed ``search_path`` (``SET``, ``RESET ALL``, ``DISCARD ALL``, ``set_config``)
-  nor a schema dropped by another process can make a task run in another schema.
+  nor a schema dropped by another process can make a task run in another schema;
+- the same statement says whether the session holds temporary tables (PostgreSQL searches
+  them before every schema of ``search_path``): in a worker, such a session is closed and
+  the statement runs again on a new one, so a temporary table a previous task created
+  (say, ``notes_note`` filled with another tenant's rows) is never seen.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ from .exceptions import TenantSchemaMissing
 
 logger = logging.getLogger(__name__)
 
-#: One round trip: set the session's search_path, and say whether the schema is migrated.
-PROVE_SQL = "SELECT set_config('search_path', %s, false), to_regclass(%s) IS NOT NULL"
+#: One round trip: set the session's search_path, say whether the schema is migrated, and
+#: whether the session has a temporary schema (a previous task created temporary tables).
+PROVE_SQL = (
+    "SELECT set_config('search_path', %s, false), to_regclass(%s) IS NOT NULL, "
+    "pg_my_temp_schema() <> 0"
+)
 
 #: The table whose presence in a schema shows that ``migrate`` has run there.
 MIGRATIONS_TABLE = "django_migrations"
@@ -105,11 +113,30 @@ def run_statement(connection: Any, sql: str, params: tuple[Any, ...]) -> list[tu
             cursor.close()
 
 
-def prove_schema(connection: Any, public: str) -> None:
+def run_proof(
+    connection: Any, sql: str, params: tuple[Any, ...], fresh_session: bool
+) -> list[tuple[Any, ...]]:
+    """Run a statement that starts with ``PROVE_SQL``; return its rows without the temp flag.
+
+    With ``fresh_session`` (a worker task), a session holding temporary tables is closed
+    and the statement runs again on a new connection.
+    """
+    rows = run_statement(connection, sql, params)
+    if fresh_session and rows and rows[0][2]:
+        logger.info(
+            "Database %r: closing a session that holds temporary tables of a previous task.",
+            connection.alias,
+        )
+        connection.close()
+        rows = run_statement(connection, sql, params)
+    return [row[:2] + row[3:] for row in rows]
+
+
+def prove_schema(connection: Any, public: str, fresh_session: bool = False) -> None:
     """Set the connection's ``search_path`` to its tenant and prove the schema is migrated.
 
-    One statement (``PROVE_SQL``); django-tenants is then told the path is set
-    (``TENANT_LIMIT_SET_CALLS`` sends no other). Public needs no proof: its path is
+    One statement (``PROVE_SQL``, see ``run_proof``); django-tenants is then told the path
+    is set (``TENANT_LIMIT_SET_CALLS`` sends no other). Public needs no proof: its path is
     reset at the next query instead.
 
     Raises:
@@ -120,7 +147,8 @@ def prove_schema(connection: Any, public: str) -> None:
         connection.search_path_set_schemas = None
         return
     paths = search_path(connection, public)
-    ((_, migrated),) = run_statement(connection, PROVE_SQL, proof_parameters(paths, schema_name))
+    params = proof_parameters(paths, schema_name)
+    ((_, migrated),) = run_proof(connection, PROVE_SQL, params, fresh_session)
     if not migrated:
         connection.search_path_set_schemas = None
         raise TenantSchemaMissing(schema_name)

@@ -83,3 +83,17 @@ def test_a_transaction_left_open_is_rolled_back_and_later_writes_commit(reuse_wo
         assert time.monotonic() < deadline, reuse_worker.log()
         time.sleep(0.1)
     assert "left inside a transaction" in reuse_worker.log()
+
+
+def test_temporary_tables_of_a_previous_task_are_never_seen(reuse_worker, rows):
+    # Given a tenant1 body that left a temporary notes_note holding tenant1's data
+    with schema_context("tenant1"):
+        assert tasks.leave_temp_table.delay("temp:tenant1").get(timeout=TIMEOUT) == "tenant1"
+    # When the next tasks, of tenant2 and of tenant1, run on that connection
+    with schema_context("tenant2"):
+        other = tasks.report_session.delay().get(timeout=TIMEOUT)
+    with schema_context("tenant1"):
+        same = tasks.report_session.delay().get(timeout=TIMEOUT)
+    # Then each sees its own table only
+    assert other["notes"] == ["row:tenant2"]
+    assert same["notes"] == ["row:tenant1"]

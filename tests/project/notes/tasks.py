@@ -343,3 +343,12 @@ def mark(*args, token=""):
 def mark_failed(task_id):
     """An errback taking the task id only: Celery sends it as a message."""
     record_event(f"mark:error:{connection.schema_name}")
+
+
+@app.task
+def leave_temp_table(text):
+    """A body that leaves a temporary ``notes_note`` (searched before every schema)."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE notes_note (LIKE public.notes_note INCLUDING ALL)")
+        cursor.execute("INSERT INTO notes_note (text) VALUES (%s)", [text])
+    return connection.schema_name
