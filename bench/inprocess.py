@@ -47,11 +47,14 @@ the end (``--keep-db`` keeps it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
+import json
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -61,16 +64,91 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
+# A PyPI child imports ``bench`` from a directory without the repository's library.
+if os.environ.get("BENCH_PYPI_CHILD") != "1" and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.project import pypi  # noqa: E402
 from bench.project.revision import library_revision  # noqa: E402
 
 #: Budgets, in CPU µs per task over the plain floor.
 BUDGETS = {"cache on": 60.0, "same tenant": 40.0, "cache off": 450.0}
+#: Goals against the PyPI package (issue 15): variant -> (PyPI variant, at most this ratio).
+PYPI_GOALS = {"cache off": ("cache off", 0.5), "cache on": ("cache on", 0.3),
+              "same tenant": ("cache on", 0.3)}  # fmt: skip
 #: ``dispatch_uid`` of the library's run-side receivers.
 LIBRARY_RECEIVERS = ("tenant_schemas_celery.activate", "tenant_schemas_celery.deactivate")
+#: ``dispatch_uid`` of the PyPI package's (5.0.0) run-side receivers.
+PYPI_RECEIVERS = ("tenant_schemas_switch_schema", "tenant_schemas_restore_schema")
 QUERY_TASK = "bench.query"
+VARIANT_NAMES = ("plain", "cache off", "cache on", "same tenant")
+
+
+class Library:
+    """What differs between this repository's library and the PyPI package in the harness.
+
+    Both are imported as ``tenant_schemas_celery`` (so a process holds one of
+    them): the app is ``tenant_schemas_celery.app.CeleryApp`` either way, and
+    the cache is set with ``task_tenant_cache_seconds``. They differ in the
+    ``dispatch_uid`` of their ``task_prerun``/``task_postrun`` receivers and in
+    what is reset, unmeasured, before a block.
+    """
+
+    name = "ours"
+    receivers = LIBRARY_RECEIVERS
+
+    def before_block(self, cache_seconds: float | None) -> None:
+        """Reset the library's per-process state between blocks (not measured)."""
+        from tenant_schemas_celery.activation import restore_deferred
+
+        restore_deferred()
+
+    def after_block(self, cache_seconds: float | None) -> None:
+        """Undo :meth:`before_block`, if it needs undoing (not measured)."""
+
+
+class PyPILibrary(Library):
+    """The PyPI package tenant-schemas-celery 5.0.0 (run in its own environment)."""
+
+    name = "pypi"
+    receivers = PYPI_RECEIVERS
+
+    def __init__(self) -> None:
+        self._stashed: dict[Any, Any] | None = None
+
+    def before_block(self, cache_seconds: float | None) -> None:
+        """Set its tenant cache aside before a cache-off block.
+
+        5.0.0 keeps one process-wide cache whose entries carry the expiry they
+        were stored with. Entries of a cache-on block would otherwise be served
+        during the next cache-off block, and the cache-off block's entries
+        (stored with a 0 s expiry) would replace them, costing the next cache-on
+        block a lookup per tenant that a worker with one setting never pays.
+        """
+        if cache_seconds == 0:
+            storage = self._storage()
+            self._stashed = dict(storage)
+            storage.clear()
+
+    def after_block(self, cache_seconds: float | None) -> None:
+        """Put back the cache set aside by :meth:`before_block` (not measured)."""
+        if self._stashed is not None:
+            storage = self._storage()
+            storage.clear()
+            storage.update(self._stashed)
+            self._stashed = None
+
+    @staticmethod
+    def _storage() -> dict[Any, Any]:
+        from tenant_schemas_celery import task
+
+        storage = getattr(task, "_shared_storage", None)
+        if not isinstance(storage, dict):
+            raise RuntimeError("tenant_schemas_celery.task._shared_storage is gone")
+        return storage
+
+
+LIBRARIES: dict[str, type[Library]] = {"ours": Library, "pypi": PyPILibrary}
 
 
 class ReceiverSwitch:
@@ -167,7 +245,7 @@ class Variant:
 class InProcessWorker:
     """Two apps (plain and tenant-aware) delivering from the memory transport in-process."""
 
-    def __init__(self, args: argparse.Namespace, schema_names: list[str]) -> None:
+    def __init__(self, args: argparse.Namespace, schema_names: list[str], library: Library) -> None:
         from celery import Celery
         from celery.concurrency.solo import TaskPool
         from celery.fixups.django import DjangoWorkerFixup
@@ -178,6 +256,7 @@ class InProcessWorker:
 
         self.args = args
         self.schema_names = schema_names
+        self.library = library
         self.plain_app = Celery("inprocess_plain", set_as_current=False)
         self.tenant_app = CeleryApp("inprocess_tenant", set_as_current=False)
         for app in (self.plain_app, self.tenant_app):
@@ -197,8 +276,8 @@ class InProcessWorker:
         self.django_worker_fixup = DjangoWorkerFixup(self.tenant_app).install()
         self.pool = TaskPool()
         self.library_switches = [
-            ReceiverSwitch(task_prerun, LIBRARY_RECEIVERS[0]),
-            ReceiverSwitch(task_postrun, LIBRARY_RECEIVERS[1]),
+            ReceiverSwitch(task_prerun, library.receivers[0]),
+            ReceiverSwitch(task_postrun, library.receivers[1]),
         ]
         self._next_tenant = 0
         self._consumers: dict[str, Any] = {}
@@ -273,9 +352,7 @@ class InProcessWorker:
         """Switch the process to the variant's app and cache setting (not measured)."""
         from celery.app.trace import setup_worker_optimizations
 
-        from tenant_schemas_celery.activation import restore_deferred
-
-        restore_deferred()
+        self.library.before_block(variant.cache_seconds)
         if variant.tenant_mode == "none":
             for switch in self.library_switches:
                 switch.detach()
@@ -286,6 +363,7 @@ class InProcessWorker:
         setup_worker_optimizations(variant.app, hostname="bench@inprocess")
 
     def finish(self, variant: Variant) -> None:
+        self.library.after_block(variant.cache_seconds)
         for switch in self.library_switches:
             switch.attach()
 
@@ -345,16 +423,18 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def print_table(variants: list[Variant], args: argparse.Namespace) -> bool:
+def deltas_of(variant: Variant, plain: Variant) -> list[float]:
+    """Per-round differences (µs per task) between a variant and the same round's plain block."""
+    return [(v - p) * 1e6 for v, p in zip(variant.costs, plain.costs)]
+
+
+def print_table(
+    variants: list[Variant], args: argparse.Namespace, title: str, budgets: bool
+) -> bool:
+    """Print one library's variants (each over the plain block of its own process)."""
     plain = variants[0]
     print()
-    print(library_revision())
-    print(
-        f"In-process worker path (memory transport, Strategy/Request, solo pool, fast_trace_task, "
-        f"Django fixup), {args.tenants} tenants, {args.rounds} rounds x {args.block} tasks per "
-        f"variant ({args.warmup} warm-up rounds dropped), TENANT_LIMIT_SET_CALLS="
-        f"{args.limit_set_calls}, task_tenant_databases={args.tenant_databases or 'unset'}"
-    )
+    print(title)
     header = (
         f"{'variant':<12} {'CPU us/task':>11} {'over plain':>11} {'IQR':>15} {'wall us/task':>12} "
         f"{'outside body':>12} {'SET':>6} {'lookup':>7} {'budget':>7} {'':>6}"
@@ -363,10 +443,10 @@ def print_table(variants: list[Variant], args: argparse.Namespace) -> bool:
     print("-" * len(header))
     all_met = True
     for variant in variants:
-        deltas = [(v - p) * 1e6 for v, p in zip(variant.costs, plain.costs)]
+        deltas = deltas_of(variant, plain)
         delta = statistics.median(deltas)
         low, high = quartiles(deltas)
-        budget = BUDGETS.get(variant.name)
+        budget = BUDGETS.get(variant.name) if budgets else None
         verdict = ""
         if budget is not None:
             met = delta <= budget
@@ -381,9 +461,68 @@ def print_table(variants: list[Variant], args: argparse.Namespace) -> bool:
             f"{stmts.get('lookup', 0):>7.3f} "
             f"{'' if budget is None else f'{budget:.0f}':>7} {verdict:>6}"
         )
+    return all_met
+
+
+def print_header(args: argparse.Namespace) -> None:
+    print()
+    print(library_revision())
     print(
-        "over plain = median over rounds of (variant's CPU us/task - plain's in the same round); "
-        "outside body = SQL statements per task besides the body's query."
+        f"In-process worker path (memory transport, Strategy/Request, solo pool, fast_trace_task, "
+        f"Django fixup), {args.tenants} tenants, {args.rounds} rounds x {args.block} tasks per "
+        f"variant ({args.warmup} warm-up rounds dropped), TENANT_LIMIT_SET_CALLS="
+        f"{args.limit_set_calls}, task_tenant_databases={args.tenant_databases or 'unset'}"
+    )
+
+
+def print_comparison(ours: list[Variant], theirs: list[Variant]) -> bool:
+    """Print ours and the PyPI package side by side, each over its own process's plain."""
+    print()
+    print("Side by side (each over plain Celery in its own process, same rounds):")
+    header = (
+        f"{'variant':<12} {'ours over plain':>15} {'PyPI over plain':>15} {'ours / PyPI':>11} "
+        f"{'per-round IQR':>15} {'stmts ours':>10} {'stmts PyPI':>10} "
+        f"{'goal':>22} {'':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    ours_by_name = {v.name: v for v in ours}
+    theirs_by_name = {v.name: v for v in theirs}
+    medians = {
+        name: statistics.median(deltas_of(theirs_by_name[name], theirs[0]))
+        for name in VARIANT_NAMES[1:]
+    }
+    all_met = True
+    for name in VARIANT_NAMES[1:]:
+        mine, other = ours_by_name[name], theirs_by_name[name]
+        mine_deltas = deltas_of(mine, ours[0])
+        other_deltas = deltas_of(other, theirs[0])
+        mine_median = statistics.median(mine_deltas)
+        ratio = mine_median / medians[name] if medians[name] > 0 else float("nan")
+        per_round = [m / o for m, o in zip(mine_deltas, other_deltas) if o > 0]
+        low, high = quartiles(per_round) if per_round else (float("nan"), float("nan"))
+        reference, limit = PYPI_GOALS[name]
+        goal_ratio = mine_median / medians[reference] if medians[reference] > 0 else float("inf")
+        met = goal_ratio <= limit
+        all_met = all_met and met
+        goal = f"{goal_ratio:.2f} <= {limit:.2f}x {reference}"
+        print(
+            f"{name:<12} {mine_median:>+15.1f} {medians[name]:>+15.1f} {ratio:>11.2f} "
+            f"{f'[{low:.2f}, {high:.2f}]':>15} "
+            f"{mine.statements.get('outside body', 0):>10.3f} "
+            f"{other.statements.get('outside body', 0):>10.3f} "
+            f"{goal:>22} {'met' if met else 'MISSED':>6}"
+        )
+    plain_ours = statistics.median(ours[0].costs) * 1e6
+    plain_theirs = statistics.median(theirs[0].costs) * 1e6
+    print(
+        f"plain Celery: {plain_ours:.1f} CPU us/task in this process, {plain_theirs:.1f} in the "
+        f"PyPI child ({plain_theirs / plain_ours:.3f}x)."
+    )
+    print(
+        "ours / PyPI = ratio of the two medians; per-round IQR = quartiles of the same-round "
+        "ratios; stmts = SQL statements per task outside the body;\ngoal = ours over plain / "
+        "the PyPI package's over plain for the named PyPI variant (issue 15)."
     )
     return all_met
 
@@ -441,7 +580,140 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="cprofile",
         help="with --profile: 'none' just runs the variant (for py-spy record --pid)",
     )
+    parser.add_argument(
+        "--no-pypi",
+        action="store_true",
+        help="skip the PyPI package (no throw-away environment, no child process)",
+    )
+    parser.add_argument(
+        "--pypi-venv",
+        metavar="PATH",
+        help=f"the PyPI package's environment (default {pypi.default_location()})",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def run_round(worker: InProcessWorker, variants: list[Variant], round_number: int) -> None:
+    """Run one block of every variant (the order rotates with the round number)."""
+    shift = round_number % len(variants)
+    for variant in variants[shift:] + variants[:shift]:
+        cpu, wall = worker.block(variant)
+        if round_number >= worker.args.warmup:
+            variant.costs.append(cpu / worker.args.block)
+            variant.walls.append(wall / worker.args.block)
+
+
+def child_arguments(args: argparse.Namespace) -> list[str]:
+    """Return the command-line options a PyPI child needs to mirror this run."""
+    words = [
+        "--tenants", str(args.tenants), "--block", str(args.block),
+        "--rounds", str(args.rounds), "--warmup", str(args.warmup),
+        "--cache-seconds", str(args.cache_seconds), "--database", args.database,
+    ]  # fmt: skip
+    if args.limit_set_calls:
+        words.append("--limit-set-calls")
+    if args.tenant_databases:
+        words += ["--tenant-databases", args.tenant_databases]
+    return words
+
+
+class PyPIChild:
+    """The same harness with the PyPI package, in a child process of its own environment.
+
+    The parent sends one JSON command per line on the child's stdin and reads
+    one JSON answer per line from its stdout: ``round`` (run round *n* of the
+    four variants), ``statements`` (count them, unmeasured) and ``results``
+    (every variant's per-round figures). The child's stderr is this process's.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        location = Path(args.pypi_venv) if args.pypi_venv else None
+        python = pypi.ensure_environment(location)
+        command = [str(python), "-m", "bench.inprocess", "--child", *child_arguments(args)]
+        self.process = subprocess.Popen(
+            command,
+            cwd=pypi.import_root(location),
+            env=pypi.child_environment(location),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.description = str(self.ask({"op": "hello"})["library"])
+
+    def ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            code = self.process.wait(30)
+            raise RuntimeError(f"the PyPI child exited ({code}) on {command}")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"the PyPI child failed on {command}: {answer['error']}")
+        return answer
+
+    def results(self) -> list[Variant]:
+        """The child's variants, with their costs, walls and statements (no apps)."""
+        answer = self.ask({"op": "results"})
+        return [
+            Variant(row["name"], None, row["cache_seconds"], row["tenant_mode"],
+                    costs=row["costs"], walls=row["walls"], statements=row["statements"])
+            for row in answer["variants"]
+        ]  # fmt: skip
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(RuntimeError, BrokenPipeError):
+                self.ask({"op": "quit"})
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The PyPI child: set up the harness, then answer the parent's commands (see PyPIChild)."""
+    answers = sys.stdout
+    sys.stdout = sys.stderr  # anything else printed must not reach the parent's pipe
+    description = pypi.check_pypi_imported()
+
+    from bench.project.db import schema_names
+
+    worker = InProcessWorker(args, schema_names(args.tenants), PyPILibrary())
+    variants = worker.variants()
+    for line in sys.stdin:
+        command = json.loads(line)
+        answer: dict[str, Any] = {}
+        try:
+            op = command["op"]
+            if op == "hello":
+                answer["library"] = description
+            elif op == "round":
+                run_round(worker, variants, int(command["round"]))
+            elif op == "statements":
+                for variant in variants:
+                    variant.statements = count_statements(worker, variant, blocks=2)
+            elif op == "results":
+                answer["variants"] = [
+                    {"name": v.name, "cache_seconds": v.cache_seconds,
+                     "tenant_mode": v.tenant_mode, "costs": v.costs, "walls": v.walls,
+                     "statements": v.statements}
+                    for v in variants
+                ]  # fmt: skip
+            elif op == "quit":
+                answers.write("{}\n")
+                answers.flush()
+                return 0
+            else:
+                raise ValueError(f"unknown command {op!r}")
+        except Exception as exc:  # reported to the parent, which stops
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,11 +728,15 @@ def main(argv: list[str] | None = None) -> int:
 
     django.setup()
 
+    if args.child:
+        return serve(args)
+
     from bench.project.db import create_database, drop_database
 
     schema_names = create_database(args.tenants)
+    child: PyPIChild | None = None
     try:
-        worker = InProcessWorker(args, schema_names)
+        worker = InProcessWorker(args, schema_names, Library())
         variants = worker.variants()
         if args.profile:
             names = {"a": "plain", "b": "cache off", "c": "cache on", "d": "same tenant"}
@@ -468,19 +744,38 @@ def main(argv: list[str] | None = None) -> int:
             chosen = next(v for v in variants if v.name == wanted)
             profile(worker, chosen, args.rounds, args.profiler == "cprofile")
             return 0
+        if not args.no_pypi:
+            child = PyPIChild(args)
         for round_number in range(args.warmup + args.rounds):
-            shift = round_number % len(variants)
-            for variant in variants[shift:] + variants[:shift]:
-                cpu, wall = worker.block(variant)
-                if round_number >= args.warmup:
-                    variant.costs.append(cpu / args.block)
-                    variant.walls.append(wall / args.block)
+            # Alternate which process goes first, so neither always runs on a warmer machine.
+            if child is not None and round_number % 2:
+                child.ask({"op": "round", "round": round_number})
+            run_round(worker, variants, round_number)
+            if child is not None and not round_number % 2:
+                child.ask({"op": "round", "round": round_number})
         for variant in variants:
             variant.statements = count_statements(worker, variant, blocks=2)
-        met = print_table(variants, args)
+        theirs: list[Variant] = []
+        if child is not None:
+            child.ask({"op": "statements"})
+            theirs = child.results()
+        print_header(args)
+        met = print_table(variants, args, "this repository's library:", budgets=True)
         print("budgets: all met" if met else "budgets: MISSED (see above)")
+        if child is not None:
+            print_table(theirs, args, f"{child.description}:", budgets=False)
+        print(
+            "over plain = median over rounds of (variant's CPU us/task - plain's in the same "
+            "round, same process); outside body = SQL statements per task besides the body's "
+            "query."
+        )
+        if child is not None:
+            goals = print_comparison(variants, theirs)
+            print("goals against PyPI: all met" if goals else "goals against PyPI: MISSED")
         return 0
     finally:
+        if child is not None:
+            child.close()
         if not args.keep_db:
             drop_database()
 

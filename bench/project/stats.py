@@ -95,7 +95,7 @@ def _flush(**kwargs: Any) -> None:
     key = os.environ.get(STATS_KEY_VARIABLE)
     if not key or not _counts["tasks"]:
         return
-    stats_redis().hset(f"{key}:{os.getpid()}", mapping=dict(_counts))
+    stats_redis().hset(f"{key}:{os.getpid()}", mapping={k: v for k, v in _counts.items()})
 
 
 worker_process_shutdown.connect(_flush, weak=False, dispatch_uid="bench.stats.flush_child")
