@@ -23,7 +23,7 @@ are those sent through Django, ``SET search_path`` included):
   on new database connections, as a starting ``celery beat`` does (the new schemas
   are settled first: catalogs vacuumed, every table read once by another scheduler);
 * no-change check: reading ``scheduler.schedule`` when nothing changed, which beat
-  does at every tick (at most every ``check_interval`` seconds); median of 5;
+  does at most once per tick (at every read outside the beat loop); median of 5;
 * reload after one edit: one tenant's task edited through the ORM, then
   ``scheduler.schedule``. The edit is made visible to PostgreSQL's statistics at
   once (``pg_stat_force_next_flush()``); another process's edit shows within about

@@ -295,8 +295,8 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             ``max_locks_per_transaction``. Defaults to 100.
         check_interval(float): during a burst of due entries (beat ticking without
             sleeping in between), the least number of seconds between two checks
-            for changes. Every other read of ``schedule`` checks: a read outside
-            the beat loop, and the first tick after the loop slept. Defaults to 5.
+            for changes. A read of ``schedule`` outside the beat loop always checks;
+            in the loop, the first tick after a sleep does, once. Defaults to 5.
         read_connections(int): database connections reading rows in parallel when
             more than ``batch_size`` schemas are read (the first read, the full reads).
             Each keeps PostgreSQL's caches of its share of the tables warm.

@@ -128,6 +128,27 @@ def test_database_scheduler_rows_go_through_apply_async_in_their_schema(
     assert schemas_of(messages) == sorted(["public", "tenant1", "tenant2", *tenants])
 
 
+def test_the_scheduler_syncs_after_a_fan_out_in_the_schema_active_before(
+    beat_queue: str,
+) -> None:
+    # Celery's apply_async syncs when it is time to; in the middle of a fan-out a tenant
+    # schema is active, where a base scheduler's unqualified writes would land.
+    class Syncing(TenantAwareScheduler):
+        sync_every = 0  # time to sync at every message
+
+        def sync(self) -> None:
+            self.synced_in = [*getattr(self, "synced_in", []), connection.schema_name]
+
+    with beat_schedule({"all": entry(beat_queue)}):
+        scheduler = Syncing(app=app)
+    make_due(scheduler)
+    connection.set_schema_to_public()
+    scheduler.synced_in = []
+    run_due(scheduler)
+    assert len(drain(beat_queue)) == len(every_tenant())
+    assert scheduler.synced_in and set(scheduler.synced_in) == {"public"}
+
+
 # Other schedulers -------------------------------------------------------------------------
 
 
