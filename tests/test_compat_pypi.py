@@ -200,6 +200,15 @@ def test_a_schedule_file_of_the_pypi_package_keeps_its_run_history(
     sent = drain(beat_queue)
     assert schemas_of(sent) == sorted([*every_tenant(), "public", "tenant1"])
     assert all("_all_tenants_only" not in message for message in sent)
+    # And the file still holds the PyPI package's headers (that package can read it back)
+    import shelve
+
+    with shelve.open(str(tmp_path / "pypi-5.0.0-schedule")) as store:
+        saved = dict(store["entries"])
+    for name, old in pypi.items():
+        headers = without_beat_marker(saved[name].options["headers"])
+        assert headers == without_beat_marker(old.options["headers"]), name
+        assert saved[name].total_run_count == RUNS + 1
 
 
 # get_queryset ---------------------------------------------------------------------------
