@@ -21,6 +21,7 @@ from django.db import connections
 
 from .conf import public_schema_name
 from .exceptions import TenantActivationMissing, TenantConfigurationError
+from .otel import tag_span
 from .resolution import resolve_tenant, schema_name_from_request
 from .sentry import NOT_TAGGED, tag_events
 from .session import forget_search_path, prove_schema, search_path, settle_transaction
@@ -100,6 +101,7 @@ def enter(task: Any) -> Activation:
         _deferred.previous_task = _describe(task)
     activation = Activation(schema_name, tenant, error, saved, deferred)
     activation.sentry_tag = tag_events(task, schema_name)
+    tag_span(task, schema_name)
     setattr(request, ACTIVATION_ATTR, activation)
     if error is None and tenant_activated.receivers:
         tenant_activated.send(sender=task, task=task, tenant=tenant, schema_name=schema_name)
