@@ -3,6 +3,7 @@
 Run (PostgreSQL on 127.0.0.1:5432 as ``postgres``)::
 
     .venv/bin/python bench/inprocess.py --tenants 50 --block 200 --rounds 40
+    .venv/bin/python bench/inprocess.py --no-pypi       # without the PyPI package (offline)
     .venv/bin/python bench/inprocess.py --profile c     # cProfile of variant c's blocks
     .venv/bin/python bench/inprocess.py --profile d --profiler none --rounds 400 &
     py-spy record --pid $! --rate 1000 --format raw -o stacks.txt   # sampled instead
@@ -39,6 +40,31 @@ interquartile range), checked against the budgets (cache on ≤ 60 µs, same
 tenant ≤ 40 µs, cache off ≤ 450 µs). SQL statements per task outside the body
 are counted in separate, unmeasured blocks with a ``connection.execute_wrapper``
 (so the counting costs nothing in the CPU figures).
+
+The PyPI package tenant-schemas-celery 5.0.0 is measured the same way, side
+by side, from the same run. It is imported as ``tenant_schemas_celery`` too, so
+it runs in a child process: the Python of a throw-away environment (made on
+demand by ``bench/project/pypi.py`` under ``~/.cache/tsc-bench/``, holding the
+PyPI package and this environment's Celery, Django, django-tenants, psycopg2
+and redis versions), started as ``python -m bench.inprocess --child`` with a
+``PYTHONPATH`` that holds ``bench`` and ``tests`` but not the repository's
+library. The child builds the same harness (``InProcessWorker`` with
+``PyPILibrary``: the same four variants, its own plain block included, the cache
+set with ``task_tenant_cache_seconds``, which 5.0.0 reads from the app's
+configuration on every lookup) on the same database, and runs a round when the
+parent tells it to, over a pipe: round *n* runs in one process, then in the
+other (which goes first alternates), so both libraries see the same rounds of
+the same machine. Each library's figures are over the plain block of its own
+process and round. The comparison table prints, per variant, ours over plain,
+PyPI over plain, ours / PyPI (the ratio of those medians, with the quartiles of
+the same-round ratios), the statements outside the body of each, and issue 15's
+goals (cache off at most 0.5x PyPI's cache off; cache on and same tenant at
+most 0.3x PyPI's cache on). 5.0.0 keeps one process-wide cache whose entries
+keep the expiry they were stored with, so the child sets that cache aside
+during its cache-off blocks and puts it back after them (unmeasured): otherwise
+each cache-off block would leave expired entries that cost the next cache-on
+block a lookup per tenant. ``--no-pypi`` skips the child (nothing is made or
+downloaded); ``--profile`` only profiles this repository's library.
 
 The database ``tsc_bench_inprocess`` is created with K tenants and dropped at
 the end (``--keep-db`` keeps it).

@@ -1,10 +1,11 @@
-"""Throughput of a real ``celery worker``: plain Celery vs tenant_schemas_celery.
+"""Throughput of a real ``celery worker``: plain Celery vs tenant_schemas_celery vs PyPI's.
 
 Run (PostgreSQL on 127.0.0.1:5432 as ``postgres``, Redis on 127.0.0.1:6379)::
 
     .venv/bin/python bench/worker.py --tenants 50 --tasks 3000 --rounds 3 --pool solo
     .venv/bin/python bench/worker.py --pool prefork            # concurrency = CPU count
     .venv/bin/python bench/worker.py --pool solo --close-db    # Celery's default DB handling
+    .venv/bin/python bench/worker.py --no-pypi                 # offline: without e-h
 
 What is measured: a fresh queue is filled with ``--tasks`` messages, then a
 ``celery worker`` subprocess (``-P solo`` or ``-P prefork``, Redis broker,
@@ -12,7 +13,7 @@ results ignored, log level WARNING) is started on it and stopped once the queue
 is drained. Every task runs one ORM query (``SELECT`` on ``notes_note``). The
 time is taken inside the worker, from the first task's ``task_prerun`` to the
 last task's ``task_postrun`` (over all prefork children), so worker start-up and
-shutdown are excluded. Variants run alternately (a b c d a b c d ...) for
+shutdown are excluded. Variants run alternately (see the order below) for
 ``--rounds`` rounds; the medians are printed:
 
     a. plain: a ``celery.Celery`` app without tenant handling (the floor; the
@@ -22,7 +23,26 @@ shutdown are excluded. Variants run alternately (a b c d a b c d ...) for
     c. cache on: the same with ``task_tenant_cache_seconds = --cache-seconds``.
     d. one tenant: cache on, every task for the same tenant (no switch).
 
-Columns: tasks/s, ratio to (a), worker CPU per task (the whole solo worker; for
+and the same four with the PyPI package tenant-schemas-celery 5.0.0, whose
+workers run with the Python of a throw-away environment (made on demand by
+``bench/project/pypi.py`` under ``~/.cache/tsc-bench/``, with the PyPI package
+and this environment's Celery, Django, django-tenants, psycopg2 and redis
+versions) and a ``PYTHONPATH`` that holds the benchmark project but not the
+repository's library, so the same ``bench.project.tenant_app`` (``CeleryApp``
+from ``tenant_schemas_celery.app``) is the PyPI package's there:
+
+    e. plain Celery in that environment (the floor of e-h).
+    f. cache off, g. cache on, h. one tenant, as b, c, d.
+
+A round runs a e b f c g d h (each configuration of both libraries back to
+back). Every variant is compared with the floor of its own environment in the
+same round (a for b-d, e for f-h): the paired ratio, median [min, max] over the
+rounds. A second table puts the two libraries side by side: ours x plain, PyPI x
+plain, and ours / PyPI (the ratio of the two, per round), the CPU per task over
+the floor, the statements outside the body, and issue 15's throughput goals.
+``--no-pypi`` leaves e-h out (no environment is made, nothing is downloaded).
+
+Columns: tasks/s, ratio to the floor, worker CPU per task (the whole solo worker; for
 prefork, the children only), and SQL statements per task issued outside the
 task body (all statements the worker ran through Django, counted with a
 ``connection.execute_wrapper`` installed at ``worker_process_init``, minus the
@@ -63,6 +83,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.project import pypi  # noqa: E402
 from bench.project.revision import library_revision  # noqa: E402
 
 UNACKED_KEY = "unacked"
@@ -78,6 +99,12 @@ class Variant:
     cache_seconds: float
     one_tenant: bool
     tenant_aware: bool
+    #: Run from the PyPI package's throw-away environment (see bench/project/pypi.py).
+    pypi: bool = False
+    #: The plain variant of the same environment, the variant's floor.
+    floor: str = "a"
+    #: The variant of the other library it is compared with ("" for none).
+    counterpart: str = ""
 
 
 @dataclass
@@ -130,14 +157,28 @@ class VariantResults:
 
 
 def variants(cache_seconds: float) -> list[Variant]:
-    """Return the four variants, in the order they run within a round."""
+    """Return the eight variants, in the order they run within a round.
+
+    a-d run with this interpreter (the repository's library), e-h with the PyPI
+    package's environment; each pair of the same configuration runs back to back.
+    """
     plain, tenant = "bench.project.plain_app", "bench.project.tenant_app"
-    return [
+    cache = f"cache {cache_seconds:g} s"
+    ours = [
         Variant("a", "plain Celery (floor)", plain, 0, False, False),
-        Variant("b", "library, cache off", tenant, 0, False, True),
-        Variant("c", f"library, cache {cache_seconds:g} s", tenant, cache_seconds, False, True),
-        Variant("d", "library, cache on, one tenant", tenant, cache_seconds, True, True),
-    ]
+        Variant("b", "library, cache off", tenant, 0, False, True, counterpart="f"),
+        Variant("c", f"library, {cache}", tenant, cache_seconds, False, True, counterpart="g"),
+        Variant("d", "library, cache on, one tenant", tenant, cache_seconds, True, True,
+                counterpart="h"),
+    ]  # fmt: skip
+    theirs = [
+        Variant("e", "PyPI env: plain Celery (floor)", plain, 0, False, False, True, "e"),
+        Variant("f", "PyPI 5.0.0, cache off", tenant, 0, False, True, True, "e"),
+        Variant("g", f"PyPI 5.0.0, {cache}", tenant, cache_seconds, False, True, True, "e"),
+        Variant("h", "PyPI 5.0.0, cache on, one tenant", tenant, cache_seconds, True, True,
+                True, "e"),
+    ]  # fmt: skip
+    return [variant for pair in zip(ours, theirs) for variant in pair]
 
 
 class Bench:
@@ -157,6 +198,12 @@ class Bench:
         self.stats = stats_redis()
         self.publisher = Celery("bench_publisher", broker=self.broker_url, set_as_current=False)
         self.publisher.conf.task_ignore_result = True
+        self.pypi_location = Path(args.pypi_venv) if args.pypi_venv else None
+        self.pypi_python: Path | None = None
+
+    def prepare_pypi(self) -> None:
+        """Make (or reuse) the PyPI package's throw-away environment."""
+        self.pypi_python = pypi.ensure_environment(self.pypi_location)
 
     def fill(self, queue: str, variant: Variant) -> None:
         """Publish the run's messages (with a ``_schema_name`` header unless plain)."""
@@ -185,15 +232,18 @@ class Bench:
         queue = f"bench-{run_id}"
         stats_key = f"bench-stats:{run_id}"
         self.fill(queue, variant)
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "BENCH_CACHE_SECONDS": str(variant.cache_seconds),
-            "BENCH_STATS_KEY": stats_key,
-        }
+        extra = {"BENCH_CACHE_SECONDS": str(variant.cache_seconds), "BENCH_STATS_KEY": stats_key}
+        python, cwd = sys.executable, ROOT
+        if variant.pypi:
+            # Never the repository root on the path: its tenant_schemas_celery would win.
+            python, cwd = str(self.pypi_python), pypi.import_root(self.pypi_location)
+            env = pypi.child_environment(self.pypi_location, **extra)
+        else:
+            path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+            env = {**os.environ, "PYTHONPATH": path, **extra}
         concurrency = 1 if self.args.pool == "solo" else self.args.concurrency
         command = [
-            sys.executable, "-m", "celery", "-A", variant.app_module, "worker",
+            python, "-m", "celery", "-A", variant.app_module, "worker",
             "-P", self.args.pool, "-c", str(concurrency), "-Q", queue,
             "-n", f"bench-{run_id}@%h", "-l", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -202,7 +252,7 @@ class Bench:
         sessions_before = _settled_sessions()
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         try:
             self._wait_drained(queue, process, log_path)
@@ -241,7 +291,7 @@ class Bench:
         rows = []
         for key in keys:
             raw = self.stats.hgetall(key)
-            rows.append({k.decode(): float(v) for k, v in raw.items()})
+            rows.append({_text(k): float(v) for k, v in raw.items()})
             self.stats.delete(key)
         return RunResult(
             tasks=int(sum(row["tasks"] for row in rows)),
@@ -256,6 +306,10 @@ class Bench:
         doomed = list(self.broker.scan_iter(f"*{queue}*"))
         if doomed:
             self.broker.delete(*doomed)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _settled_sessions() -> int:
@@ -284,9 +338,33 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(30)
 
 
+#: Goals of issue 15 for the library's throughput, as a ratio to the floor's (paired).
+THROUGHPUT_GOALS = {"b": 0.85, "c": 0.95, "d": 0.95}
+
+
+def paired(item: VariantResults, other: VariantResults, attribute: str, ratio: bool) -> list[float]:
+    """Per-round ratios (or differences) of ``attribute`` between two variants."""
+    values = []
+    for run, base in zip(item.runs, other.runs):
+        mine, theirs = getattr(run, attribute), getattr(base, attribute)
+        values.append(mine / theirs if ratio else mine - theirs)
+    return values
+
+
+def spread(values: list[float], digits: int = 3, sign: str = "") -> str:
+    """``median [min, max]`` of paired values."""
+    if not values:
+        return "n/a"
+    spec = f"{sign}.{digits}f"
+    low, middle, high = (
+        format(value, spec) for value in (min(values), statistics.median(values), max(values))
+    )
+    return f"{middle} [{low}, {high}]"
+
+
 def print_table(results: list[VariantResults], args: argparse.Namespace) -> None:
-    """Print the medians of every variant, and the paired (same-round) comparisons to (a)."""
-    floor = results[0]
+    """Print the medians of every variant, and the paired (same-round) comparisons to its floor."""
+    by_key = {item.variant.key: item for item in results}
     db_mode = "closed around every task" if args.close_db else "persistent"
     pool = "solo" if args.pool == "solo" else f"prefork -c {args.concurrency}"
     print()
@@ -298,34 +376,84 @@ def print_table(results: list[VariantResults], args: argparse.Namespace) -> None
     )
     cpu_label = "CPU us/task" if args.pool == "solo" else "child CPU us/task"
     header = (
-        f"{'variant':<34} {'tasks/s':>7} {'range':>11} {'x floor':>7} {'paired':>6} "
-        f"{cpu_label:>17} {'+us':>5} {'outside body':>12} {'SET':>5} {'lookup':>6} "
-        f"{'DB conn/task':>12}"
+        f"{'variant':<37} {'tasks/s':>7} {'range':>11} {'x floor':>7} "
+        f"{'paired [min, max]':>21} {cpu_label:>17} {'+us':>5} {'outside body':>12} "
+        f"{'SET':>5} {'lookup':>6} {'DB conn/task':>12}"
     )
     print(header)
     print("-" * len(header))
     for item in results:
+        floor = by_key.get(item.variant.floor)
         rates = [run.rate for run in item.runs]
-        paired_ratio = statistics.median(
-            run.rate / base.rate for run, base in zip(item.runs, floor.runs)
-        )
-        paired_cpu = statistics.median(
-            run.cpu_us_per_task - base.cpu_us_per_task for run, base in zip(item.runs, floor.runs)
-        )
+        if floor is None:
+            x_floor, paired_rate, paired_cpu = "n/a", "n/a", "n/a"
+        else:
+            x_floor = f"{item.median('rate') / floor.median('rate'):.3f}"
+            paired_rate = spread(paired(item, floor, "rate", ratio=True))
+            paired_cpu = f"{statistics.median(paired(item, floor, 'cpu_us_per_task', False)):+.0f}"
         print(
-            f"{item.variant.key + '. ' + item.variant.label:<34} "
+            f"{item.variant.key + '. ' + item.variant.label:<37} "
             f"{item.median('rate'):>7.0f} {min(rates):>5.0f}-{max(rates):<5.0f} "
-            f"{item.median('rate') / floor.median('rate'):>7.3f} {paired_ratio:>6.3f} "
-            f"{item.median('cpu_us_per_task'):>17.0f} {paired_cpu:>+5.0f} "
+            f"{x_floor:>7} {paired_rate:>21} "
+            f"{item.median('cpu_us_per_task'):>17.0f} {paired_cpu:>5} "
             f"{item.median('outside_body_per_task'):>12.3f} {item.median('set_per_task'):>5.3f} "
             f"{item.median('lookup_per_task'):>6.3f} {item.median('sessions_per_task'):>12.3f}"
         )
     print(
-        "x floor = median tasks/s / the floor's; paired = median over rounds of the same-round "
-        "ratio; +us = median same-round CPU difference to (a);\noutside body = SQL statements "
-        "per task the worker ran besides the body's one query (SET = SET search_path, lookup = "
-        "tenant-table queries);\nDB conn/task = PostgreSQL sessions opened per task "
-        "(pg_stat_database.sessions)."
+        "floor = the plain variant of the same environment (a for a-d, e for e-h); x floor = "
+        "median tasks/s / the floor's; paired = same-round ratio to the floor,\nmedian "
+        "[min, max] over rounds; +us = median same-round CPU difference to the floor; outside "
+        "body = SQL statements per task the worker ran besides the body's one query\n(SET = "
+        "SET search_path, lookup = tenant-table queries); DB conn/task = PostgreSQL sessions "
+        "opened per task (pg_stat_database.sessions)."
+    )
+    print_comparison(by_key)
+
+
+def print_comparison(by_key: dict[str, VariantResults]) -> None:
+    """Print the library and the PyPI package side by side, each over its own floor."""
+    rows = [
+        (by_key[key], by_key[item.variant.counterpart])
+        for key, item in by_key.items()
+        if item.variant.counterpart in by_key
+    ]
+    if not rows or "a" not in by_key or "e" not in by_key:
+        return
+    ours_floor, pypi_floor = by_key["a"], by_key["e"]
+    print()
+    print("Side by side (paired, same round: median [min, max] over rounds):")
+    header = (
+        f"{'variant':<22} {'ours x plain':>21} {'PyPI x plain':>21} {'ours / PyPI':>21} "
+        f"{'+us ours':>8} {'+us PyPI':>8} {'stmts ours':>10} {'stmts PyPI':>10} "
+        f"{'goal':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for mine, theirs in rows:
+        ours_ratio = paired(mine, ours_floor, "rate", ratio=True)
+        theirs_ratio = paired(theirs, pypi_floor, "rate", ratio=True)
+        goal = THROUGHPUT_GOALS.get(mine.variant.key)
+        verdict = ""
+        if goal is not None:
+            met = statistics.median(ours_ratio) >= goal
+            verdict = f">= {goal:.2f} {'met' if met else 'MISSED'}"
+        label = mine.variant.label.replace("library, ", "")
+        print(
+            f"{label:<22} {spread(ours_ratio):>21} "
+            f"{spread(theirs_ratio):>21} "
+            f"{spread([o / t for o, t in zip(ours_ratio, theirs_ratio)]):>21} "
+            f"{statistics.median(paired(mine, ours_floor, 'cpu_us_per_task', False)):>+8.0f} "
+            f"{statistics.median(paired(theirs, pypi_floor, 'cpu_us_per_task', False)):>+8.0f} "
+            f"{mine.median('outside_body_per_task'):>10.3f} "
+            f"{theirs.median('outside_body_per_task'):>10.3f} {verdict:>13}"
+        )
+    floors = paired(pypi_floor, ours_floor, "rate", ratio=True)
+    print(
+        f"the two floors (plain Celery, PyPI environment / this one): {spread(floors)}. "
+        "x plain = tasks/s over the plain floor of the same environment and round;\nours / PyPI "
+        "= ours x plain / PyPI x plain, per round; +us = "
+        "worker CPU per task over that floor; goal = issue 15's throughput goal for the "
+        "library (cache off >= 0.85x plain, cache on >= 0.95x)."
     )
 
 
@@ -350,7 +478,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database", default="tsc_bench_worker", help="database to create")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per run")
-    parser.add_argument("--variants", default="abcd", help="subset to run, e.g. 'ac'")
+    parser.add_argument(
+        "--variants",
+        default="abcdefgh",
+        help="subset to run, e.g. 'ac' (a-d: this library, e-h: the PyPI package)",
+    )
+    parser.add_argument(
+        "--no-pypi",
+        action="store_true",
+        help="skip the PyPI package's variants e-h (no throw-away environment)",
+    )
+    parser.add_argument(
+        "--pypi-venv",
+        metavar="PATH",
+        help=f"the PyPI package's environment (default {pypi.default_location()})",
+    )
     return parser.parse_args(argv)
 
 
@@ -370,7 +512,13 @@ def main(argv: list[str] | None = None) -> None:
     schema_names = create_database(args.tenants)
     try:
         bench = Bench(args, schema_names)
-        chosen = [v for v in variants(args.cache_seconds) if v.key in args.variants]
+        chosen = [
+            v
+            for v in variants(args.cache_seconds)
+            if v.key in args.variants and not (v.pypi and args.no_pypi)
+        ]
+        if any(v.pypi for v in chosen):
+            bench.prepare_pypi()
         results = [VariantResults(variant) for variant in chosen]
         for round_number in range(1, args.rounds + 1):
             for item in results:

@@ -40,6 +40,7 @@ PINNED = (
     "psycopg2-binary",
     "psycopg2",
     "redis",
+    "packaging",  # kombu's Redis transport imports it
 )
 #: Set in a PyPI child process; the scripts then leave ``sys.path`` alone.
 CHILD_VARIABLE = "BENCH_PYPI_CHILD"
