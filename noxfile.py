@@ -38,3 +38,12 @@ def tests(session: nox.Session, pins: list[str]) -> None:
     """Run the test suite with one combination of Python, Celery, Django and django-tenants."""
     session.install("-e", ".[test]", *pins)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.13")
+def psycopg3(session: nox.Session) -> None:
+    """Run the test suite with psycopg 3 as Django's driver (it is preferred to psycopg2
+    when both are installed) and its pool: tests/test_psycopg3.py runs real workers with
+    ``OPTIONS["pool"]`` on the prefork and threads pools."""
+    session.install("-e", ".[test]", "psycopg[binary,pool]>=3.1.8", "Django>=5.1,<6")
+    session.run("python", "-m", "pytest", *session.posargs)

@@ -77,3 +77,18 @@ if "TSC_CONN_HEALTH_CHECKS" in os.environ:  # Django's check of a reused connect
         _alias["CONN_HEALTH_CHECKS"] = True
 if "TSC_BROKER_TRANSPORT_OPTIONS" in os.environ:  # JSON, e.g. Redis' visibility_timeout
     CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(os.environ["TSC_BROKER_TRANSPORT_OPTIONS"])
+
+# Deployment tests: optional switches, read only when the env sets them.
+if os.environ.get("TSC_PSYCOPG_POOL"):  # psycopg 3's pool (Django 5.1+): tests/test_psycopg3.py
+    for _alias in DATABASES.values():
+        _alias.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 4}
+if os.environ.get("TSC_RESULTS_LAYOUT") in ("shared", "both"):  # tests/test_results.py
+    # django-celery-results in SHARED_APPS only ("shared") or in both lists ("both")
+    SHARED_APPS.append("django_celery_results")
+    if os.environ["TSC_RESULTS_LAYOUT"] == "both":
+        TENANT_APPS.append("django_celery_results")
+    INSTALLED_APPS = list(dict.fromkeys(SHARED_APPS + TENANT_APPS))
+    CELERY_RESULT_BACKEND = "django-db"
+if "TSC_CONN_MAX_AGE" in os.environ:  # tests/test_connections.py: persistent connections
+    for _alias in DATABASES.values():
+        _alias["CONN_MAX_AGE"] = int(os.environ["TSC_CONN_MAX_AGE"])
