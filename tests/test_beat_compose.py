@@ -21,15 +21,10 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.utils import timezone
-from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
-from tenant_schemas_celery.scheduler import (
-    TenantAwarePersistentScheduler,
-    TenantAwareScheduleEntry,
-    TenantAwareScheduler,
-    TenantAwareSchedulerMixin,
-)
+from tenant_schemas_celery.scheduler import TenantAwarePersistentScheduler, TenantAwareScheduler
+from tests.beat_compose_schedulers import AuthentikScheduler
 from tests.beat_helpers import (
     TASK,
     add_task,
@@ -152,16 +147,6 @@ def test_the_scheduler_syncs_after_a_fan_out_in_the_schema_active_before(
 # Other schedulers -------------------------------------------------------------------------
 
 
-class SchedulerEntry(ModelEntry, TenantAwareScheduleEntry):
-    """authentik's entry class (``authentik/tenants/scheduler.py``)."""
-
-
-class AuthentikScheduler(TenantAwareSchedulerMixin, DatabaseScheduler):
-    """authentik's scheduler: the mixin over django-celery-beat's ``DatabaseScheduler``."""
-
-    Entry = SchedulerEntry
-
-
 def test_mixin_over_database_scheduler_keeps_every_entry(beat_queue: str, caplog: Any) -> None:
     schedule = {
         "all": entry(beat_queue),
@@ -215,18 +200,16 @@ def redbeat_app() -> Iterator[str]:
 
 
 def test_mixin_over_redbeat_keeps_every_entry(beat_queue: str, redbeat_app: str) -> None:
-    from redbeat import RedBeatScheduler
     from redbeat.schedulers import RedBeatSchedulerEntry
 
-    class TenantRedBeat(TenantAwareSchedulerMixin, RedBeatScheduler):
-        pass
+    from tests.beat_redbeat_scheduler import TenantRedBeatScheduler
 
     schedule = {
         "all": entry(beat_queue),
         "listed": entry(beat_queue, tenant_schemas=["public", "tenant1"]),
     }
     with beat_schedule(schedule):
-        scheduler = recording(TenantRedBeat)(app=app)
+        scheduler = recording(TenantRedBeatScheduler)(app=app)
         stored = {key.decode() for key in broker().scan_iter(f"{redbeat_app}*@*")}
         assert stored == {
             f"{redbeat_app}all@__all_tenants_only__",
@@ -246,7 +229,57 @@ def test_mixin_over_redbeat_keeps_every_entry(beat_queue: str, redbeat_app: str)
         + [(f"listed@{s}", s, s, False, True) for s in ("public", "tenant1")]
     )
     # The next run is due in an hour: redbeat saved each entry's run
-    scheduler = TenantRedBeat(app=app)
+    scheduler = TenantRedBeatScheduler(app=app)
     assert scheduler.tick() > 0
     scheduler.close()
     assert drain(beat_queue) == []
+
+
+# End to end: a real celery beat and worker ------------------------------------------------
+
+
+def e2e_runs(scheduler: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run ``celery beat -S scheduler`` (the "rows" schedule: one entry for every tenant)
+    and a worker until three due runs ran; return the runs and check each ran once."""
+    from tests.test_beat_e2e import (
+        EVERY_TENANT,
+        WANTED_RUNS,
+        assert_each_message_ran_once,
+        beat_and_worker,
+        dues,
+        recorded,
+        stop_and_drain,
+        wait_for,
+    )
+
+    key = f"tsc-tests:beat-compose:{uuid.uuid4().hex[:8]}"
+    with beat_and_worker(key, scheduler, schedule="rows", env=env) as beat:
+        wait_for(lambda: len(dues(recorded(key), EVERY_TENANT)) >= WANTED_RUNS + 1, beat)
+        runs, sent = stop_and_drain(beat, key)
+        log = beat.log()
+    assert "Ignoring schedule entry" not in log and "Traceback" not in log, log
+    assert_each_message_ran_once(runs, sent)
+    return runs
+
+
+@pytest.mark.integration
+def test_real_beat_with_the_mixin_over_database_scheduler() -> None:
+    from tests.test_beat_e2e import EVERY_TENANT, WANTED_RUNS, by_due
+
+    runs = e2e_runs("tests.beat_compose_schedulers.AuthentikScheduler")
+    tenants = every_tenant()
+    complete = [s for (entry, _), s in by_due(runs).items() if entry == EVERY_TENANT]
+    assert len(complete) >= WANTED_RUNS and complete.count(tenants) >= WANTED_RUNS, complete
+
+
+@pytest.mark.integration
+def test_real_beat_with_the_mixin_over_redbeat(redbeat_app: str) -> None:
+    from tests.test_beat_e2e import EVERY_TENANT, WANTED_RUNS, by_due
+
+    runs = e2e_runs(
+        "tests.beat_redbeat_scheduler.TenantRedBeatScheduler",
+        {"TSC_REDBEAT_PREFIX": redbeat_app},
+    )
+    tenants = every_tenant()
+    complete = [s for (entry, _), s in by_due(runs).items() if entry == EVERY_TENANT]
+    assert len(complete) >= WANTED_RUNS and complete.count(tenants) >= WANTED_RUNS, complete

@@ -55,13 +55,16 @@ def dues(runs: list[Record], entry: str) -> set[float]:
 
 
 @contextmanager
-def beat_and_worker(key: str, scheduler: str, schedule: str = "static") -> Iterator[CeleryProcess]:
+def beat_and_worker(
+    key: str, scheduler: str, schedule: str = "static", env: dict[str, str] | None = None
+) -> Iterator[CeleryProcess]:
     """A worker and a ``celery beat -S scheduler`` recording under ``key``; stopped after.
 
-    ``schedule`` is the ``beat_schedule`` of ``tests.beat_e2e_app``. The records are
-    deleted afterwards.
+    ``schedule`` is the ``beat_schedule`` of ``tests.beat_e2e_app``; ``env`` is added to
+    both processes' environment. The records are deleted afterwards.
     """
     env = {
+        **(env or {}),
         "TSC_BEAT_E2E_KEY": key,
         "TSC_BEAT_E2E_INTERVAL": str(INTERVAL),
         "TSC_BEAT_E2E_SCHEDULE": schedule,
