@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from celery._state import _set_task_join_will_block, task_join_will_block
 from celery.beat import BeatLazyFunc
+from django.db import connection
+from django_tenants.utils import tenant_context
 
 from tenant_schemas_celery._sql import pg_array, quote_ident
 from tenant_schemas_celery.fanout import (
@@ -27,6 +29,7 @@ from tenant_schemas_celery.fanout import (
 from tenant_schemas_celery.scheduler import TenantAwareScheduler
 from tests.beat_helpers import TASK, drain, every_tenant, schemas_of, sql_tenants, statements
 from tests.project.celery import app
+from tests.project.customers.models import Client
 
 
 def fanout_entry(queue: str, **fields: Any) -> Any:
@@ -187,6 +190,27 @@ def test_headers_args_and_spread_of_each_message(beat_queue: str) -> None:
         assert "_all_tenants_only" not in message and "_tenant_spread_seconds" not in message
         assert message["eta"] is not None and message["expires"] is not None
     assert schemas_of(messages) == ["tenant1", "tenant2"]
+
+
+def test_each_copy_is_sent_in_its_schema_and_the_tenant_before_comes_back(
+    beat_queue: str,
+) -> None:
+    seen: list[tuple[str, str, str, bool]] = []
+
+    def apply_async(copy: Any, producer: Any) -> None:
+        headers = copy.options["headers"]
+        seen.append(
+            (connection.schema_name, headers["_schema_name"], copy.name, producer is shared)
+        )
+
+    entry = fanout_entry(beat_queue, options={"headers": {"_all_tenants_only": True}})
+    tenant1 = Client.objects.get(schema_name="tenant1")
+    with app.producer_or_acquire() as shared, tenant_context(tenant1):
+        sent = send_to_schemas(app, entry, ["tenant2", "public"], shared, apply_async)
+        assert connection.tenant is tenant1  # the tenant active before, itself
+    assert sent == ["tenant2", "public"]
+    assert seen == [("tenant2", "tenant2", "job", True), ("public", "public", "job", True)]
+    assert entry.options == {"headers": {"_all_tenants_only": True}}  # the entry is not changed
 
 
 def test_first_failed_send_ends_the_run(beat_queue: str, caplog: Any) -> None:
