@@ -36,6 +36,7 @@ from tests.beat_helpers import (
     make_due,
     run_due,
     schemas_of,
+    statements,
 )
 from tests.project.celery import app
 
@@ -121,6 +122,30 @@ def test_database_scheduler_rows_go_through_apply_async_in_their_schema(
     )
     messages = [m for m in drain(beat_queue) if not m["periodic_task_name"].startswith("celery.")]
     assert schemas_of(messages) == sorted(["public", "tenant1", "tenant2", *tenants])
+
+
+def test_apply_async_sends_keep_one_producer_and_the_pipelined_writes(beat_queue: str) -> None:
+    scheduler = recording(TenantAwareScheduler)(app=app, lazy=True)
+    producer = scheduler.producer
+    publishes: list[Any] = []
+    batches: list[int] = []
+    publish, batch = producer.publish, producer.batch
+    producer.publish = lambda *args, **kwargs: publishes.append(1) or publish(*args, **kwargs)
+    producer.batch = lambda size: batches.append(size) or batch(size)
+    every = scheduler.Entry(
+        name="job@__all_tenants_only__",
+        task=TASK,
+        schedule=3600,
+        options={"queue": beat_queue, "headers": {"_all_tenants_only": True}},
+        app=app,
+    )
+    sent = statements(lambda: scheduler.apply_entry(every, producer=producer))
+    scheduler.close()
+    tenants = every_tenant()
+    assert len(sent) == 1  # the tenants, with their schemas' existence; none per tenant
+    assert batches == [1000] and len(publishes) == len(tenants)
+    assert {call[4] for call in scheduler.calls} == {True}  # each call got the producer
+    assert schemas_of(drain(beat_queue)) == tenants
 
 
 def test_the_scheduler_syncs_after_a_fan_out_in_the_schema_active_before(
