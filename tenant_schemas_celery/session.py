@@ -98,8 +98,10 @@ def proof_parameters(paths: list[str], schema_name: str) -> tuple[str, str]:
 def run_statement(connection: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     """Run ``sql`` on a cursor that bypasses django-tenants' ``SET search_path``; fetch all.
 
-    The cursor is Django's (execute wrappers and query logging see the statement).
+    The cursor is Django's (execute wrappers and query logging see the statement), made as
+    Django's own cursors are: after ``CONN_HEALTH_CHECKS``' check, when it is due.
     """
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:
         raw = connection.create_cursor()
