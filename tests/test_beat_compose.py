@@ -254,7 +254,8 @@ def test_mixin_over_redbeat_keeps_every_entry(beat_queue: str, redbeat_app: str)
         + [(f"listed@{s}", s, s, False, True) for s in ("public", "tenant1")]
     )
     # The next run is due in an hour: redbeat saved each entry's run
-    scheduler = TenantRedBeatScheduler(app=app)
+    with beat_schedule(schedule):
+        scheduler = TenantRedBeatScheduler(app=app)
     assert scheduler.tick() > 0
     scheduler.close()
     assert drain(beat_queue) == []
