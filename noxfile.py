@@ -25,10 +25,25 @@ MATRIX = {
         "3.12",
         ["celery[redis]<6", "Django==4.2.*", "django-tenants<4", "django-celery-beat"],
     ),
-    "newest": (
+    "django52": (
         "3.13",
         ["celery[redis]<6", "Django==5.2.*", "django-tenants>=4,<5", "django-celery-beat"],
     ),
+    "newest": (  # django-celery-beat 2.9 accepts Django < 6.1
+        "3.13",
+        ["celery[redis]<6", "Django==6.0.*", "django-tenants>=4,<5",
+         "django-celery-beat==2.9.*"],
+    ),
+    "django60-py312": (
+        "3.12",
+        ["celery[redis]<6", "Django==6.0.*", "django-tenants>=4,<5",
+         "django-celery-beat==2.9.*"],
+    ),
+}  # fmt: skip
+
+#: name -> (python, pins): combinations without the "beat" extra (its tests not collected).
+WITHOUT_BEAT = {
+    "django61": ("3.13", ["celery[redis]<6", "Django==6.1.*", "django-tenants>=4,<5"]),
 }  # fmt: skip
 
 
@@ -37,6 +52,16 @@ MATRIX = {
 def tests(session: nox.Session, pins: list[str]) -> None:
     """Run the test suite with one combination of Python, Celery, Django and django-tenants."""
     session.install("-e", ".[test]", *pins)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "pins"), [WITHOUT_BEAT[name] for name in WITHOUT_BEAT], ids=list(WITHOUT_BEAT)
+)
+def tests_without_beat(session: nox.Session, pins: list[str]) -> None:
+    """Run the test suite without django-celery-beat (a Django it does not support yet)."""
+    session.install("-e", ".[test-core]", *pins)
     session.run("python", "-m", "pytest", *session.posargs)
 
 

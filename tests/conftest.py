@@ -22,7 +22,10 @@ from django.db import connection, connections
 from django_tenants.utils import schema_context
 
 from tenant_schemas_celery.cache import tenant_cache
-from tests.beat_helpers import beat_db, beat_queue  # noqa: F401 -- fixtures of the beat tests
+from tests.project.settings import BEAT
+
+if BEAT:
+    from tests.beat_helpers import beat_db, beat_queue  # noqa: F401 -- fixtures of beat tests
 from tests.celery_backports import defer_nested_result_unsubscribes
 from tests.project.celery import app
 from tests.project.customers.models import Client, Domain
@@ -32,6 +35,21 @@ from tests.project.runtime_conf import set_setting
 from tests.workers import worker
 
 defer_nested_result_unsubscribes()
+
+#: Test modules that need django-celery-beat (the "beat" extra), not collected without it.
+BEAT_MODULES = [
+    "beat_compose_schedulers.py",
+    "test_beat_compose.py",
+    "test_beat_e2e.py",
+    "test_beat_fuzz.py",
+    "test_compat_pypi.py",
+    "test_db_scheduler.py",
+    "test_dispatch.py",
+    "test_fanout.py",
+    "test_readme.py",
+    "test_scheduler.py",
+]
+collect_ignore = [] if BEAT else BEAT_MODULES
 
 TENANTS = ("tenant1", "tenant2")
 BROKERS = {

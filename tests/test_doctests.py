@@ -10,10 +10,14 @@ import pytest
 from celery._state import _set_current_app, get_current_app
 
 import tenant_schemas_celery
+from tests.project.settings import BEAT
 
+#: Modules that import django-celery-beat (the "beat" extra).
+BEAT_MODULES = {"tenant_schemas_celery.db_scheduler"}
 MODULES = sorted(
     info.name
     for info in pkgutil.iter_modules(tenant_schemas_celery.__path__, "tenant_schemas_celery.")
+    if BEAT or info.name not in BEAT_MODULES
 )
 
 
