@@ -1,5 +1,6 @@
 """Django settings of the test project; every connection setting comes from the environment."""
 
+import importlib.util
 import os
 
 SECRET_KEY = "tests-only"
@@ -30,17 +31,19 @@ DATABASES = {
 }
 DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
 
+#: django-celery-beat is optional (the "beat" extra): without it, its tests are not collected.
+BEAT = importlib.util.find_spec("django_celery_beat") is not None
 SHARED_APPS = [
     "django_tenants",
     "tests.project.customers",
     "django.contrib.contenttypes",
-    "django_celery_beat",
+    *(["django_celery_beat"] if BEAT else []),
     # Also shared, so that a task wrongly run in public would find a table to write to.
     "tests.project.notes",
 ]
 TENANT_APPS = [
     "django.contrib.contenttypes",
-    "django_celery_beat",
+    *(["django_celery_beat"] if BEAT else []),
     "tests.project.notes",
 ]
 INSTALLED_APPS = list(dict.fromkeys(SHARED_APPS + TENANT_APPS))
@@ -82,10 +85,11 @@ if "TSC_BROKER_TRANSPORT_OPTIONS" in os.environ:  # JSON, e.g. Redis' visibility
 if os.environ.get("TSC_PSYCOPG_POOL"):  # psycopg 3's pool (Django 5.1+): tests/test_psycopg3.py
     for _alias in DATABASES.values():
         _alias.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 4}
-if os.environ.get("TSC_RESULTS_LAYOUT") in ("shared", "both"):  # tests/test_results.py
-    # django-celery-results in SHARED_APPS only ("shared") or in both lists ("both")
-    SHARED_APPS.append("django_celery_results")
-    if os.environ["TSC_RESULTS_LAYOUT"] == "both":
+if os.environ.get("TSC_RESULTS_LAYOUT") in ("shared", "both", "tenant"):  # test_results.py
+    # django-celery-results in SHARED_APPS only, in both lists, or in TENANT_APPS only
+    if os.environ["TSC_RESULTS_LAYOUT"] in ("shared", "both"):
+        SHARED_APPS.append("django_celery_results")
+    if os.environ["TSC_RESULTS_LAYOUT"] in ("both", "tenant"):
         TENANT_APPS.append("django_celery_results")
     INSTALLED_APPS = list(dict.fromkeys(SHARED_APPS + TENANT_APPS))
     CELERY_RESULT_BACKEND = "django-db"
