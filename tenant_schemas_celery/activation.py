@@ -6,10 +6,14 @@ callbacks and chain steps all see the task's tenant. Failures are never raised
 from the receivers (Celery would log and swallow them): they are recorded on the
 request and raised by ``ensure_activated`` in place of the task body.
 
+Nothing a previous task left in a session is trusted (``session``): before the
+lookup, a transaction left open is rolled back and ``search_path`` forgotten; after
+the switch, one statement sets ``search_path`` and proves the tenant's schema (with
+the default lookup and no cached tenant, the lookup is that statement).
+
 Eagerly applied tasks restore the caller's tenant in ``leave``. A worker defers
-that restore to the start of the next task on the same thread: when the next
-task has the same tenant, nothing is switched and no ``SET search_path`` is sent.
-Any task, tenant-aware or not, first restores what the previous one left.
+that restore to the start of the next task on the same thread; any task,
+tenant-aware or not, first restores what the previous one left.
 """
 
 from __future__ import annotations
@@ -74,25 +78,14 @@ def enter(task: Any) -> Activation:
     try:
         schema_name = schema_name_from_request(request, public)
         targets = [_tenant_connection(alias) for alias in task.get_tenant_databases()]
-        for connection in targets:
-            if deferred:
-                settle_transaction(connection, _deferred.previous_task, _describe(task))
-            _check_connection(connection, deferred)
-            forget_search_path(connection)  # a body may have changed it: the lookup resets it
+        _distrust_sessions(targets, deferred, _describe(task) if deferred else "")
         if schema_name != public:
             tenant, proven = resolve_tenant(task, schema_name, targets[0], public)
     except Exception as exc:
         schema_name, tenant, error, proven = public, None, exc, False
     saved = _saved_states(targets, deferred)
     try:
-        for index, connection in enumerate(targets):
-            _switch(connection, tenant, public)
-            if index == 0 and proven:  # the lookup set and proved the session
-                connection.search_path_set_schemas = search_path(connection, public)
-            elif index == 0 or connection.connection is not None:
-                prove_schema(connection, public, fresh_session=deferred)
-            else:  # not open: its first query sets the path of a new session
-                forget_search_path(connection)
+        _switch_and_prove(targets, tenant, public, proven, deferred)
     except Exception as exc:
         for connection in targets:
             connection.set_schema_to_public()
@@ -106,6 +99,34 @@ def enter(task: Any) -> Activation:
     if error is None and tenant_activated.receivers:
         tenant_activated.send(sender=task, task=task, tenant=tenant, schema_name=schema_name)
     return activation
+
+
+def _distrust_sessions(targets: list[Any], in_worker: bool, this_task: str) -> None:
+    """Before the lookup: end what a previous task left open, and forget its search_path."""
+    for connection in targets:
+        if in_worker:
+            settle_transaction(connection, _deferred.previous_task, this_task)
+        _check_connection(connection, in_worker)
+        forget_search_path(connection)
+
+
+def _switch_and_prove(
+    targets: list[Any], tenant: Any, public: str, proven: bool, in_worker: bool
+) -> None:
+    """Switch each target to ``tenant``; set and prove the session of each open one.
+
+    The first target is always proven (opened if need be), unless the lookup already
+    did it (``proven``); another one that is not open gets a new session, whose first
+    query sets its path.
+    """
+    for index, connection in enumerate(targets):
+        _switch(connection, tenant, public)
+        if index == 0 and proven:
+            connection.search_path_set_schemas = search_path(connection, public)
+        elif index == 0 or connection.connection is not None:
+            prove_schema(connection, public, fresh_session=in_worker)
+        else:
+            forget_search_path(connection)
 
 
 def leave(task: Any) -> None:
