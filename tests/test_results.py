@@ -1,0 +1,149 @@
+"""django-celery-results: in which schema each state of a tenant's task is stored, and
+whether a web request of that tenant reads it back (README, "Deployment: results").
+
+Each layout gets its own database, worker and web-side process (tests/results_probe.py),
+so that ``django_celery_results`` is installed there only; the other tests are unaffected.
+
+- ``shared``: ``django_celery_results`` in SHARED_APPS only: one table, in public;
+- ``both``: in SHARED_APPS and TENANT_APPS: a table in every schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import psycopg2
+import pytest
+from django.conf import settings
+
+from tests.conftest import BROKERS
+from tests.workers import ROOT, worker
+
+pytestmark = pytest.mark.integration
+
+
+def _admin(statement: str) -> None:
+    db = settings.DATABASES["default"]
+    admin = psycopg2.connect(
+        dbname="postgres", user=db["USER"], password=db["PASSWORD"], host=db["HOST"],
+        port=db["PORT"],
+    )  # fmt: skip
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(statement)
+    admin.close()
+
+
+def _probe(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.results_probe", *args], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module", params=["shared", "both", "tenant"])
+def layout(request):
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "TSC_RESULTS_LAYOUT": request.param,
+        "TSC_PG_DB": f"tsc_results_{run}",
+        "TSC_QUEUE": f"tsc-results-{run}",
+    }
+    _admin(f'CREATE DATABASE "{env["TSC_PG_DB"]}"')
+    try:
+        _probe(env, "setup")
+        yield request.param, env
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{env["TSC_PG_DB"]}" WITH (FORCE)')
+
+
+def states(layout, pool: str, *probe_args: str) -> dict:
+    name, env = layout
+    process = worker(
+        BROKERS["redis"], pool=pool, env=env, extra=("-I", "tests.project.deploy_tasks")
+    ).start()
+    try:
+        output = _probe(env, "run", pool, *probe_args)
+    finally:
+        process.stop()
+    report = json.loads(output.splitlines()[-1])
+    print(f"\n{name} / {pool}:")
+    for case, seen in report.items():
+        print(f"  {case}: {seen}")
+    return report
+
+
+#: Where the rows a task writes itself (started, success, failure) go, by layout.
+TASK_STORED = {"shared": "public", "both": "tenant1", "tenant": "tenant1"}
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_where_each_state_is_stored_and_read(layout, pool):
+    name, _ = layout
+    # TENANT_APPS only: a write by a prefork worker's main process kills the worker (below)
+    main_process_writes = not (name == "tenant" and pool == "prefork")
+    report = states(layout, pool, *(() if main_process_writes else ("--task-writes-only",)))
+    where = TASK_STORED[name]
+    # received: no row is written (Celery stores no RECEIVED state): the request sees PENDING
+    assert report["received"]["stored"] == {}
+    assert report["received"]["tenant_reads"] == "PENDING"
+    # started, success, failure: written by the task, in its tenant's search_path
+    assert report["started"]["stored"] == {where: "STARTED"}
+    assert report["started"]["tenant_reads"] == "STARTED"
+    assert report["success"]["stored"] == {where: "SUCCESS"}
+    assert report["success"]["tenant_reads"] == "SUCCESS"
+    assert report["success"]["get"] == "'tenant1'"
+    assert report["failure"]["stored"] == {where: "FAILURE"}
+    assert report["failure"]["tenant_reads"] == "FAILURE"
+    assert report["failure"]["get"] == "ValueError('failed in tenant1')"
+    if not main_process_writes:
+        return
+    # revoked: written by the worker outside the task, in the schema its connection is in
+    revoked = report["revoked"]
+    if name == "shared":  # any search_path finds the one table
+        assert revoked["stored"] == {"public": "REVOKED"}
+        assert (revoked["tenant_reads"], revoked["get"]) == (
+            "REVOKED",
+            "TaskRevokedError('revoked')",
+        )
+    elif pool == "prefork":  # the main process is in public: the tenant cannot read it
+        assert revoked["stored"] == {"public": "REVOKED"}
+        assert (revoked["tenant_reads"], revoked["get"]) == ("PENDING", "TimeoutError")
+    else:  # solo: in the schema of the previous task (tenant2), not tenant1
+        assert revoked["stored"] == {"tenant2": "REVOKED"}
+        assert (revoked["tenant_reads"], revoked["get"]) == ("PENDING", "TimeoutError")
+    if pool == "prefork":  # a hard time limit: the main process (public) writes FAILURE
+        limited = report["failure_time_limit"]
+        assert limited["stored"] == {"public": "FAILURE"}
+        expected = (
+            ("FAILURE", "TimeLimitExceeded(1)") if name == "shared" else ("PENDING", "TimeoutError")
+        )
+        assert (limited["tenant_reads"], limited["get"]) == expected
+
+
+def test_tenant_apps_only_a_revoke_kills_a_prefork_worker(layout):
+    """django-tenants #961: the main process writes in public, which has no table."""
+    name, env = layout
+    if name != "tenant":
+        pytest.skip("TENANT_APPS-only layout")
+    process = worker(
+        BROKERS["redis"], pool="prefork", env=env, extra=("-I", "tests.project.deploy_tasks")
+    ).start()
+    try:
+        report = json.loads(_probe(env, "revoke").splitlines()[-1])
+        assert process.process is not None
+        process.process.wait(30)  # the worker stops by itself
+    finally:
+        process.stop()
+        log = process.log()
+    assert report["stored"] == {}
+    assert report["tenant_reads"] == "PENDING"
+    assert 'relation "django_celery_results_taskresult" does not exist' in log
+    assert "Unrecoverable error" in log
