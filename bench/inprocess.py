@@ -416,7 +416,11 @@ class InProcessWorker:
 
 
 def count_statements(worker: InProcessWorker, variant: Variant, blocks: int) -> dict[str, float]:
-    """Run unmeasured blocks with a statement counter; return statements per task by kind."""
+    """Run unmeasured blocks with a statement counter; return statements per task by kind.
+
+    One uncounted block runs first, so that a cache that expired during the
+    measured rounds is filled again before counting.
+    """
     from django.db import connections
 
     from bench.project.stats import statement_kind
@@ -427,6 +431,9 @@ def count_statements(worker: InProcessWorker, variant: Variant, blocks: int) -> 
         counts[statement_kind(sql)] += 1
         return execute(sql, *rest)
 
+    # One uncounted block first, so that the counted ones start from the steady state
+    # (the cache may have expired while the measured rounds ran).
+    worker.block(variant)
     wrapped = [connections[alias] for alias in connections]
     for connection in wrapped:
         connection.execute_wrappers.append(counter)
