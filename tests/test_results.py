@@ -10,6 +10,7 @@ so that ``django_celery_results`` is installed there only; the other tests are u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -48,20 +49,27 @@ def _probe(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module", params=["shared", "both", "tenant"])
-def layout(request):
+@contextlib.contextmanager
+def _database_of(name: str):
+    """A database migrated with django_celery_results in layout ``name``; its env."""
     run = uuid.uuid4().hex[:8]
     env = {
-        "TSC_RESULTS_LAYOUT": request.param,
+        "TSC_RESULTS_LAYOUT": name,
         "TSC_PG_DB": f"tsc_results_{run}",
         "TSC_QUEUE": f"tsc-results-{run}",
     }
     _admin(f'CREATE DATABASE "{env["TSC_PG_DB"]}"')
     try:
         _probe(env, "setup")
-        yield request.param, env
+        yield name, env
     finally:
         _admin(f'DROP DATABASE IF EXISTS "{env["TSC_PG_DB"]}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["shared", "both", "tenant"])
+def layout(request):
+    with _database_of(request.param) as value:
+        yield value
 
 
 def states(layout, pool: str, *probe_args: str) -> dict:
@@ -128,11 +136,13 @@ def test_where_each_state_is_stored_and_read(layout, pool):
         assert (limited["tenant_reads"], limited["get"]) == expected
 
 
-def test_tenant_apps_only_a_revoke_kills_a_prefork_worker(layout):
+def test_tenant_apps_only_a_revoke_kills_a_prefork_worker():
     """django-tenants #961: the main process writes in public, which has no table."""
-    name, env = layout
-    if name != "tenant":
-        pytest.skip("TENANT_APPS-only layout")
+    with _database_of("tenant") as (_, env):
+        revoke_on_prefork(env)
+
+
+def revoke_on_prefork(env: dict[str, str]) -> None:
     process = worker(
         BROKERS["redis"], pool="prefork", env=env, extra=("-I", "tests.project.deploy_tasks")
     ).start()
