@@ -92,11 +92,11 @@ def states(layout, pool: str, *probe_args: str) -> dict:
 TASK_STORED = {"shared": "public", "both": "tenant1", "tenant": "tenant1"}
 
 
-@pytest.mark.parametrize("pool", ["prefork", "solo"])
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 def test_where_each_state_is_stored_and_read(layout, pool):
     name, _ = layout
-    # TENANT_APPS only: a write by a prefork worker's main process kills the worker (below)
-    main_process_writes = not (name == "tenant" and pool == "prefork")
+    # TENANT_APPS only: a write by the worker's consumer kills a prefork or threads worker
+    main_process_writes = not (name == "tenant" and pool != "solo")
     report = states(layout, pool, *(() if main_process_writes else ("--task-writes-only",)))
     where = TASK_STORED[name]
     # received: no row is written (Celery stores no RECEIVED state): the request sees PENDING
@@ -121,7 +121,7 @@ def test_where_each_state_is_stored_and_read(layout, pool):
             "REVOKED",
             "TaskRevokedError('revoked')",
         )
-    elif pool == "prefork":  # the main process is in public: the tenant cannot read it
+    elif pool != "solo":  # the consumer (main process, main thread) is in public
         assert revoked["stored"] == {"public": "REVOKED"}
         assert (revoked["tenant_reads"], revoked["get"]) == ("PENDING", "TimeoutError")
     else:  # solo: in the schema of the previous task (tenant2), not tenant1
@@ -136,15 +136,16 @@ def test_where_each_state_is_stored_and_read(layout, pool):
         assert (limited["tenant_reads"], limited["get"]) == expected
 
 
-def test_tenant_apps_only_a_revoke_kills_a_prefork_worker():
-    """django-tenants #961: the main process writes in public, which has no table."""
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_tenant_apps_only_a_revoke_kills_the_worker(pool):
+    """django-tenants #961: the worker's consumer writes in public, which has no table."""
     with _database_of("tenant") as (_, env):
-        revoke_on_prefork(env)
+        revoke_kills(env, pool)
 
 
-def revoke_on_prefork(env: dict[str, str]) -> None:
+def revoke_kills(env: dict[str, str], pool: str) -> None:
     process = worker(
-        BROKERS["redis"], pool="prefork", env=env, extra=("-I", "tests.project.deploy_tasks")
+        BROKERS["redis"], pool=pool, env=env, extra=("-I", "tests.project.deploy_tasks")
     ).start()
     try:
         report = json.loads(_probe(env, "revoke").splitlines()[-1])
