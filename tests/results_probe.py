@@ -93,7 +93,8 @@ def revoke() -> dict[str, Any]:
         deploy_tasks.result_ok.delay().get(timeout=30)
     task_id = str(uuid.uuid4())
     app.control.revoke(task_id)
-    time.sleep(1)
+    wait_stored(task_id, "REVOKED", timeout=5)  # the worker has seen the revoke (Celery 5.7)
+    time.sleep(0.5)
     with schema_context("tenant1"):
         deploy_tasks.result_ok.apply_async(task_id=task_id)
     wait_stored(task_id, "REVOKED", timeout=8)
