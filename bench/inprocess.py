@@ -124,10 +124,16 @@ class Library:
     receivers = LIBRARY_RECEIVERS
 
     def before_block(self, cache_seconds: float | None) -> None:
-        """Reset the library's per-process state between blocks (not measured)."""
-        from tenant_schemas_celery.activation import restore_deferred
+        """Reset the library's per-process state between blocks (not measured).
 
-        restore_deferred()
+        Nothing since the restore at the end of each task is immediate; a library that
+        still defers it (``restore_deferred``, before 5.1.0's isolation fixes) settles it.
+        """
+        from tenant_schemas_celery import activation
+
+        restore = getattr(activation, "restore_deferred", None)
+        if restore is not None:
+            restore()
 
     def after_block(self, cache_seconds: float | None) -> None:
         """Undo :meth:`before_block`, if it needs undoing (not measured)."""

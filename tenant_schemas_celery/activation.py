@@ -11,9 +11,9 @@ lookup, a transaction left open is rolled back and ``search_path`` forgotten; af
 the switch, one statement sets ``search_path`` and proves the tenant's schema (with
 the default lookup and no cached tenant, the lookup is that statement).
 
-Eagerly applied tasks restore the caller's tenant in ``leave``. A worker defers
-that restore to the start of the next task on the same thread; any task,
-tenant-aware or not, first restores what the previous one left.
+``leave`` restores the previous tenant at once, eager or not, so that what a worker
+does between tasks (revoking a task, storing its state, a user's receiver of
+``task_revoked``) is never in the last task's schema; restoring sends no query.
 """
 
 from __future__ import annotations
@@ -37,20 +37,19 @@ ACTIVATION_ATTR = "_tenant_schemas_celery_activation"
 _State = tuple[Any, bool]  # (tenant, include_public_schema) of a connection
 
 
-class _Deferred(threading.local):
-    """Per thread (like Django's connections): what the last worker task left to restore."""
+class _Previous(threading.local):
+    """Per thread (like Django's connections): the thread's last worker task."""
 
-    saved: list[tuple[Any, _State]] = []
-    previous_task: str | None = None  # name[id] of the thread's last worker task
+    task: str | None = None  # name[id], for the warning about a transaction it left open
 
 
-_deferred = _Deferred()
+_previous = _Previous()
 
 
 class Activation:
     """What ``enter`` did for one task execution, for ``leave`` and the body guard."""
 
-    __slots__ = ("deferred", "error", "saved", "schema_name", "sentry_tag", "tenant")
+    __slots__ = ("error", "in_worker", "saved", "schema_name", "sentry_tag", "tenant")
 
     def __init__(
         self,
@@ -58,41 +57,41 @@ class Activation:
         tenant: Any,
         error: BaseException | None,
         saved: list[tuple[Any, _State]],
-        deferred: bool,
+        in_worker: bool,
     ) -> None:
         self.schema_name = schema_name
         self.tenant = tenant
         self.error = error
         self.saved = saved
-        self.deferred = deferred
+        self.in_worker = in_worker
         self.sentry_tag: str | None = None
 
 
 def enter(task: Any) -> Activation:
     """Switch the task's connections to the tenant its request names; never raises."""
     request = task.request
-    deferred = not request.is_eager
+    in_worker = not request.is_eager
     public = public_schema_name()
     schema_name, tenant, error, proven = public, None, None, False
     targets: list[Any] = []
     try:
         schema_name = schema_name_from_request(request, public)
         targets = [_tenant_connection(alias) for alias in task.get_tenant_databases()]
-        _distrust_sessions(targets, deferred, _describe(task) if deferred else "")
+        _distrust_sessions(targets, in_worker, _describe(task) if in_worker else "")
         if schema_name != public:
             tenant, proven = resolve_tenant(task, schema_name, targets[0], public)
     except Exception as exc:
         schema_name, tenant, error, proven = public, None, exc, False
-    saved = _saved_states(targets, deferred)
+    saved = [(connection, _state(connection)) for connection in targets]
     try:
-        _switch_and_prove(targets, tenant, public, proven, deferred)
+        _switch_and_prove(targets, tenant, public, proven, in_worker)
     except Exception as exc:
         for connection in targets:
             connection.set_schema_to_public()
         schema_name, tenant, error = public, None, error or exc
-    if deferred:
-        _deferred.previous_task = _describe(task)
-    activation = Activation(schema_name, tenant, error, saved, deferred)
+    if in_worker:
+        _previous.task = _describe(task)
+    activation = Activation(schema_name, tenant, error, saved, in_worker)
     activation.sentry_tag = tag_events(task, schema_name)
     tag_span(task, schema_name)
     setattr(request, ACTIVATION_ATTR, activation)
@@ -105,7 +104,7 @@ def _distrust_sessions(targets: list[Any], in_worker: bool, this_task: str) -> N
     """Before the lookup: end what a previous task left open, and forget its search_path."""
     for connection in targets:
         if in_worker:
-            settle_transaction(connection, _deferred.previous_task, this_task)
+            settle_transaction(connection, _previous.task, this_task)
         _check_connection(connection, in_worker)
         forget_search_path(connection)
 
@@ -130,24 +129,19 @@ def _switch_and_prove(
 
 
 def leave(task: Any) -> None:
-    """Restore what ``enter`` switched (at once when eager, else at the next task)."""
+    """Restore what ``enter`` switched, at once (no query: the next one sets the path)."""
     activation = getattr(task.request, ACTIVATION_ATTR, None)
     if type(activation) is not Activation:
         return
-    if activation.deferred:
-        _deferred.saved = activation.saved
-    else:
-        for connection, state in reversed(activation.saved):
-            _put(connection, *state)
+    for connection, state in reversed(activation.saved):
+        _put(connection, *state)
     if activation.sentry_tag is not NOT_TAGGED:
         tag_events(task, activation.sentry_tag)
 
 
-def restore_deferred(task: Any = None) -> None:
-    """Restore every connection a previous worker task of this thread left switched."""
-    _saved_states([], deferred=True)
-    if task is not None:
-        _deferred.previous_task = _describe(task)
+def note_worker_task(task: Any) -> None:
+    """Remember a task that is not tenant-aware, for the open-transaction warning."""
+    _previous.task = _describe(task)
 
 
 def _describe(task: Any) -> str:
@@ -202,21 +196,6 @@ def _check_connection(connection: Any, in_worker: bool) -> None:
             return
     if in_worker and connection.health_check_enabled:
         connection.health_check_done = False
-
-
-def _saved_states(targets: list[Any], deferred: bool) -> list[tuple[Any, _State]]:
-    """Return the targets' states to restore; in a worker, first settle deferred restores."""
-    carried: dict[int, _State] = {}
-    if deferred and _deferred.saved:
-        for connection, state in _deferred.saved:
-            if connection in targets:
-                carried[id(connection)] = state
-            else:
-                _put(connection, *state)
-        _deferred.saved = []
-    return [
-        (connection, carried.get(id(connection)) or _state(connection)) for connection in targets
-    ]
 
 
 def _state(connection: Any) -> _State:

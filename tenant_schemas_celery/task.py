@@ -275,7 +275,7 @@ def _activate_tenant(sender: Any = None, **kwargs: Any) -> None:
     if isinstance(sender, TenantTask):
         activation.enter(sender)
     elif sender is not None and not sender.request.is_eager:
-        activation.restore_deferred(sender)
+        activation.note_worker_task(sender)
 
 
 @task_postrun.connect(weak=False, dispatch_uid="tenant_schemas_celery.deactivate")
