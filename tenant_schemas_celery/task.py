@@ -270,15 +270,33 @@ def make_tenant_aware(task: Any) -> Any:
     return task
 
 
+_DEACTIVATE_UID = "tenant_schemas_celery.deactivate"
+
+
 @task_prerun.connect(weak=False, dispatch_uid="tenant_schemas_celery.activate")
 def _activate_tenant(sender: Any = None, **kwargs: Any) -> None:
     if isinstance(sender, TenantTask):
+        _restore_after_other_receivers()
         activation.enter(sender)
     elif sender is not None and not sender.request.is_eager:
         activation.note_worker_task(sender)
 
 
-@task_postrun.connect(weak=False, dispatch_uid="tenant_schemas_celery.deactivate")
 def _deactivate_tenant(sender: Any = None, **kwargs: Any) -> None:
     if isinstance(sender, TenantTask):
         activation.leave(sender)
+
+
+def _restore_after_other_receivers() -> None:
+    """Keep the restoring ``task_postrun`` receiver last, so every other one sees the tenant.
+
+    Receivers run in the order they were connected, and most are connected after this
+    module is imported: the receiver is connected again, at the end, whenever it is not.
+    """
+    receivers = task_postrun.receivers
+    if not receivers or receivers[-1][0][0] != _DEACTIVATE_UID:
+        task_postrun.disconnect(dispatch_uid=_DEACTIVATE_UID)
+        task_postrun.connect(_deactivate_tenant, weak=False, dispatch_uid=_DEACTIVATE_UID)
+
+
+task_postrun.connect(_deactivate_tenant, weak=False, dispatch_uid=_DEACTIVATE_UID)

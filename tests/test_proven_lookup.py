@@ -57,6 +57,6 @@ def test_uncached_task_reads_its_tenant_in_the_proving_statement(tenants, limit_
     lookups = [sql for sql in before_body if "customers_client" in sql]
     assert len(lookups) == 1
     assert lookups[0].startswith("SELECT set_config('search_path',")
-    assert [sql for sql in before_body if sql.startswith("SET search_path")] == (
-        [] if limit_set_calls else ['SET search_path = "tenant2","public"']
-    )
+    sets = [sql for sql in before_body if sql.startswith("SET search_path")]
+    assert len(sets) == (0 if limit_set_calls else 1)  # django-tenants' own, for the body
+    assert all(sql.replace("'", '"') == 'SET search_path = "tenant2","public"' for sql in sets)

@@ -101,6 +101,7 @@ from tests.beat_helpers import drain, every_tenant, flush_stats, make_due, run_d
 from tests.conftest import BROKERS
 from tests.project.celery import app as tests_app
 from tests.project.customers.models import Client
+from tests.project.runtime_conf import set_setting
 from tests.readme_observer import runs_db
 from tests.workers import ROOT, CeleryProcess
 
@@ -315,9 +316,10 @@ def project(database: None, tmp_path_factory: Any) -> Iterator[Project]:
         from myproject.celery import app  # the quickstart
 
         configured = {key: app.conf[key] for key in ("broker_url", "result_backend")}
-        app.conf.broker_url = BROKERS["redis"]  # the same, unless TSC_BROKER_URL says otherwise
-        app.conf.task_default_queue = QUEUE
-        app.conf.task_routes = (_route,)
+        # set_setting: up to Celery 5.6 a plain app.conf change is hidden by CELERY_* settings
+        set_setting(app, "broker_url", BROKERS["redis"])  # the same, unless TSC_BROKER_URL
+        set_setting(app, "task_default_queue", QUEUE)
+        set_setting(app, "task_routes", (_route,))
         names = ("myproject.tasks", "myproject.reports", "myproject.caching", "myproject.jobs")
         modules = {name: importlib.import_module(name) for name in names}
         yield Project(root, app, modules, configured)
