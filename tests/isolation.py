@@ -34,6 +34,7 @@ class Run:
     must_fail: list[Any] = field(default_factory=list)  # results that must fail, body unrun
     forbidden: set[str] = field(default_factory=set)  # tokens whose body must never run
     kinds: dict[str, str] = field(default_factory=dict)  # token -> kind it was sent as
+    prefix: str = ""  # of every token: records of an earlier run's late tasks are not ours
 
 
 @dataclass
@@ -63,13 +64,15 @@ def prepare(schemas: list[str]) -> None:
 
 
 def send_random(
-    rng: random.Random, steps: int, schemas: list[str], deleted: str, soft: bool = False
-) -> Run:
-    """Send ``steps`` random probes (and canvases) from random schemas."""
-    run = Run()
+    rng: random.Random, steps: int, schemas: list[str], deleted: str, soft: bool = False,
+    prefix: str = "",
+) -> Run:  # fmt: skip
+    """Send ``steps`` random probes (and canvases) from random schemas, tokens ``prefix...``."""
+    run = Run(prefix=prefix)
     kinds = RUNNING_KINDS + FAILING_KINDS + (["soft"] if soft else [])
     for step in range(steps):
-        kind, schema_name, token = rng.choice(kinds), rng.choice(schemas), f"t{step}"
+        kind, schema_name = rng.choice(kinds), rng.choice(schemas)
+        token = f"{prefix}t{step}"
         with schema_context(schema_name):
             _send_one(run, rng, kind, schema_name, token, schemas, deleted)
     return run
@@ -119,7 +122,8 @@ def collect(run: Run, timeout: float, started: float) -> Summary:
         records.clear()
         for raw in events().lrange(PROBES_KEY, 0, -1):
             record = json.loads(raw)
-            records[record["token"]].append(record)
+            if record["token"].startswith(run.prefix):
+                records[record["token"]].append(record)
         done = all(len(records[t]) >= n for t, n in run.expected_records.items())
         if done or time.monotonic() > deadline:
             break
@@ -167,6 +171,6 @@ def probe_rows_outside_their_schema(run: Run, schemas: list[str]) -> list[str]:
                 "text", flat=True
             ):
                 token = text.removeprefix("probe:")
-                if run.expected.get(token) != schema_name:
+                if token.startswith(run.prefix) and run.expected.get(token) != schema_name:
                     wrong.append(f"{schema_name}:{token}")
     return wrong

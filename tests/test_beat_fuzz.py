@@ -532,6 +532,14 @@ def test_fuzzed_fan_out_arguments(beat_queue: str, tenants: Any, spread: Any) ->
     assert not any(
         f'"{value}"' in text or f"'{value}'" in text
         for value in strings(tenants)
-        if value and value not in live
+        if value and value not in live and value not in TENANT_IDENTIFIERS
         for text in statements
     )
+
+
+#: Names the tenant query itself quotes (a fuzzed "schema_name" is found there, not spliced).
+TENANT_IDENTIFIERS = {
+    *(field.column for field in Client._meta.concrete_fields),
+    Client._meta.db_table,
+    "public",
+}

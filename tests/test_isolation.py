@@ -45,7 +45,9 @@ def test_random_mix_is_never_misrouted(schemas, tenants, pool, concurrency, brok
         # When a seeded random mix of tasks is sent from random schemas
         started = time.monotonic()
         rng = random.Random(f"{pool}-{broker_name}")
-        run = isolation.send_random(rng, STEPS, schemas, "iso_gone", soft=pool == "prefork")
+        run = isolation.send_random(
+            rng, STEPS, schemas, "iso_gone", soft=pool == "prefork", prefix=f"{pool}-{broker_name}-"
+        )
         summary = isolation.collect(run, timeout=60, started=started)
     finally:
         process.stop()

@@ -227,7 +227,7 @@ def capture_sentry_message(text):
     sentry_sdk.capture_message(text)
 
 
-FAULTS_KEY = "tsc-tests:faults"
+FAULTS_KEY = f"tsc-tests:faults:{os.environ.get('TSC_QUEUE', '')}"  # per test run
 
 
 @app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
