@@ -17,26 +17,12 @@ import subprocess
 import sys
 import uuid
 
-import psycopg2
 import pytest
-from django.conf import settings
 
-from tests.conftest import BROKERS
+from tests.conftest import BROKERS, _admin_sql
 from tests.workers import ROOT, worker
 
 pytestmark = pytest.mark.integration
-
-
-def _admin(statement: str) -> None:
-    db = settings.DATABASES["default"]
-    admin = psycopg2.connect(
-        dbname="postgres", user=db["USER"], password=db["PASSWORD"], host=db["HOST"],
-        port=db["PORT"],
-    )  # fmt: skip
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(statement)
-    admin.close()
 
 
 def _probe(env: dict[str, str], *args: str) -> str:
@@ -58,12 +44,12 @@ def _database_of(name: str):
         "TSC_PG_DB": f"tsc_results_{run}",
         "TSC_QUEUE": f"tsc-results-{run}",
     }
-    _admin(f'CREATE DATABASE "{env["TSC_PG_DB"]}"')
+    _admin_sql(f'CREATE DATABASE "{env["TSC_PG_DB"]}"')
     try:
         _probe(env, "setup")
         yield name, env
     finally:
-        _admin(f'DROP DATABASE IF EXISTS "{env["TSC_PG_DB"]}" WITH (FORCE)')
+        _admin_sql(f'DROP DATABASE IF EXISTS "{env["TSC_PG_DB"]}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module", params=["shared", "both", "tenant"])
