@@ -71,13 +71,14 @@ def enter(task: Any) -> Activation:
     """Switch the task's connections to the tenant its request names; never raises."""
     request = task.request
     in_worker = not request.is_eager
+    this_task = _describe(task) if in_worker else ""
     public = public_schema_name()
     schema_name, tenant, error, proven = public, None, None, False
     targets: list[Any] = []
     try:
         schema_name = schema_name_from_request(request, public)
         targets = [_tenant_connection(alias) for alias in task.get_tenant_databases()]
-        _distrust_sessions(targets, in_worker, _describe(task) if in_worker else "")
+        _distrust_sessions(targets, in_worker, this_task)
         if schema_name != public:
             tenant, proven = resolve_tenant(task, schema_name, targets[0], public)
     except Exception as exc:
@@ -90,7 +91,7 @@ def enter(task: Any) -> Activation:
             connection.set_schema_to_public()
         schema_name, tenant, error = public, None, error or exc
     if in_worker:
-        _previous.task = _describe(task)
+        _previous.task = this_task
     activation = Activation(schema_name, tenant, error, saved, in_worker)
     activation.sentry_tag = tag_events(task, schema_name)
     tag_span(task, schema_name)

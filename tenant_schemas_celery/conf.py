@@ -11,7 +11,7 @@ costs tens of microseconds, too much to pay on every task.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -72,8 +72,12 @@ def app_setting(app: Celery, name: str) -> Any:
 
 def _spellings(app: Celery, name: str) -> tuple[str, ...]:
     """The keys a change of setting ``name`` may be stored under in ``app.conf``."""
+    return _spellings_in(app.namespace, name)
+
+
+@lru_cache(maxsize=256)
+def _spellings_in(namespace: str | None, name: str) -> tuple[str, ...]:
     upper = name.upper()
-    namespace = app.namespace
     if namespace:
         return (name, upper, f"{namespace.rstrip('_').upper()}_{upper}")
     return (name, upper)

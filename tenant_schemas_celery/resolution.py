@@ -8,8 +8,10 @@ from functools import lru_cache
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
+from django_tenants.utils import get_tenant_model
 
 from .capture import SCHEMA_HEADER
+from .conf import tenant_cache_seconds
 from .exceptions import (
     InvalidSchemaName,
     TenantLookupFailed,
@@ -17,6 +19,7 @@ from .exceptions import (
     TenantSchemasCeleryError,
 )
 from .invalidation import catch_up
+from .proven_lookup import can_fuse, fetch_proven_tenant
 
 #: PostgreSQL's limit on identifier length, in bytes.
 MAX_SCHEMA_NAME_BYTES = 63
@@ -118,26 +121,18 @@ def resolve_tenant(task: Any, schema_name: str, connection: Any, public: str) ->
     Raises:
         TenantNotFound, TenantSchemaMissing, TenantLookupFailed: as ``lookup_tenant``.
     """
-    from django_tenants.utils import get_tenant_model
-
-    from .conf import tenant_cache_seconds
-    from .proven_lookup import can_fuse, fetch_proven_tenant
-
     model = get_tenant_model()
     if not uses_default_lookup(task) or not can_fuse(model, connection):
         return lookup_tenant(task, schema_name), False
-    seconds = tenant_cache_seconds(task)
-    cache = task.tenant_cache()
-    if seconds:
-        catch_up()
-        tenant = cache.get(schema_name, None, max_age=seconds)
-        if tenant is not None:
-            return tenant, False
     fresh_session = not task.request.is_eager
-    tenant = fetch_proven_tenant(model, connection, schema_name, public, fresh_session)
-    if seconds:
-        cache.set(schema_name, tenant, seconds)
-    return tenant, True
+    fetched: list[bool] = []
+
+    def fetch(name: str) -> Any:
+        fetched.append(True)
+        return fetch_proven_tenant(model, connection, name, public, fresh_session)
+
+    tenant = cached_tenant(task.tenant_cache(), schema_name, tenant_cache_seconds(task), fetch)
+    return tenant, bool(fetched)
 
 
 def cached_tenant(
