@@ -1,4 +1,5 @@
-"""Send side: put the active schema in the ``_schema_name`` message header."""
+"""Send side: the message headers naming where a task runs, and the one that carries the
+active schema (``_schema_name``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ from .conf import tenant_db_alias
 
 #: The message header that carries the schema a task runs in (same as the PyPI package).
 SCHEMA_HEADER = "_schema_name"
+#: Header of a schedule entry (a django-celery-beat row) that sends it to every tenant.
+ALL_TENANTS_HEADER = "_all_tenants_only"
+#: Header of a schedule entry holding its ``tenant_spread_seconds``.
+SPREAD_HEADER = "_tenant_spread_seconds"
+#: Headers that instruct beat and are never sent to a worker.
+BEAT_ONLY_HEADERS = frozenset({ALL_TENANTS_HEADER, SPREAD_HEADER})
+#: Headers naming where a schedule entry goes (see ``entry_headers``).
+TARGET_HEADERS = frozenset({SCHEMA_HEADER, *BEAT_ONLY_HEADERS})
 
 
 def current_schema_name() -> str | None:
@@ -40,4 +49,25 @@ def headers_with_schema(headers: Mapping[str, Any] | None = None) -> dict[str, A
         schema_name = current_schema_name()
         if schema_name is not None:
             new_headers[SCHEMA_HEADER] = schema_name
+    return new_headers
+
+
+def entry_headers(
+    headers: Mapping[str, Any], schema_name: str | None, spread: float = 0.0
+) -> dict[str, Any]:
+    """Return a schedule entry's ``headers`` with its targets replaced, as the PyPI package
+    stores them: ``_schema_name`` naming the one schema, or (``schema_name`` None)
+    ``"_all_tenants_only": True``; and a spread window in ``_tenant_spread_seconds``.
+
+    Example:
+        >>> entry_headers({"x": 1, "_schema_name": "a"}, None, 60)
+        {'x': 1, '_all_tenants_only': True, '_tenant_spread_seconds': 60}
+    """
+    new_headers = {key: value for key, value in headers.items() if key not in TARGET_HEADERS}
+    if schema_name is None:
+        new_headers[ALL_TENANTS_HEADER] = True
+    else:
+        new_headers[SCHEMA_HEADER] = schema_name
+    if spread:
+        new_headers[SPREAD_HEADER] = spread
     return new_headers

@@ -66,20 +66,18 @@ from ._sql import (
     quote_schema,
     table_in_schema,
 )
-from .capture import SCHEMA_HEADER, current_schema_name
-from .conf import public_schema_name
-from .fanout import (
+from .capture import (
     ALL_TENANTS_HEADER,
+    SCHEMA_HEADER,
     SPREAD_HEADER,
-    OnceLog,
-    header_flag,
-    invalid_names_log,
-    logger,
-    valid_schema_names,
-    validate_spread,
+    current_schema_name,
+    entry_headers,
 )
-from .resolution import validate_schema_name
-from .scheduler import TenantAwareSchedulerMixin, expand_entry
+from .conf import public_schema_name
+from .resolution import header_flag, validate_schema_name
+from .scheduler import TenantAwareSchedulerMixin, expand_entry, logger
+from .spread import validate_spread
+from .targets import OnceLog, valid_schema_names
 
 __all__ = ["TenantAwareDatabaseScheduler", "TenantAwareModelEntry"]
 
@@ -139,8 +137,10 @@ class TenantAwareModelEntry(ModelEntry):
         if "tenant_schemas" in entry or "tenant_spread_seconds" in entry:
             tenant_schemas = entry.pop("tenant_schemas", None)
             spread = validate_spread(entry.pop("tenant_spread_seconds", None))
-            headers = _target_headers(options.get("headers") or {}, tenant_schemas, spread)
-            options["headers"] = headers
+            schema_name = None
+            if tenant_schemas is not None:
+                (schema_name,) = tenant_schemas  # a stored row goes to one schema or to all
+            options["headers"] = entry_headers(options.get("headers") or {}, schema_name, spread)
         with schema_context(public_schema_name()):
             created: TenantAwareModelEntry = super().from_entry(
                 name, app=app, **dict(entry, options=options)
@@ -205,23 +205,6 @@ def row_targets(
         return None, spread
     target = headers.get(SCHEMA_HEADER)
     return (public if target is None else validate_schema_name(target),), spread
-
-
-def _target_headers(
-    headers: Mapping[str, Any], tenant_schemas: Sequence[str] | None, spread: float
-) -> dict[str, Any]:
-    headers = {
-        key: value
-        for key, value in headers.items()
-        if key not in (ALL_TENANTS_HEADER, SPREAD_HEADER, SCHEMA_HEADER)
-    }
-    if tenant_schemas is None:
-        headers[ALL_TENANTS_HEADER] = True
-    else:
-        (headers[SCHEMA_HEADER],) = tenant_schemas
-    if spread:
-        headers[SPREAD_HEADER] = spread
-    return headers
 
 
 def update_row(
@@ -324,7 +307,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         self._lenient = 0
         self._last_check = -float("inf")
         self._last_full_read = -float("inf")
-        self._invalid = invalid_names_log()
+        self._invalid = OnceLog.unusable_names()
         self._no_tables = OnceLog(
             "beat: Not reading the periodic tasks of schema %r: its django-celery-beat "
             "tables do not exist (yet)."

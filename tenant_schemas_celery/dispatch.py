@@ -1,7 +1,7 @@
 """The dispatcher-task pattern as one call: send a task once per tenant.
 
 ``TenantTask.delay_for_tenants`` and ``apply_async_for_tenants`` use the same target
-rules as beat (``fanout.py``): tenants whose schema does not exist yet are skipped,
+rules as beat (``targets.py``): tenants whose schema does not exist yet are skipped,
 ``spread_seconds`` gives each tenant a stable offset, all messages share one
 producer, and no query is made per tenant. What is skipped is logged (one warning per
 call, naming the schemas) and listed in the result's ``skipped``.
@@ -13,21 +13,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery.utils.log import get_logger
-from django.db import connections
 
-from ._sql import closing_on_error, tenant_schemas_existing
 from .capture import SCHEMA_HEADER
-from .conf import public_schema_name
-from .exceptions import InvalidSchemaName, TenantConfigurationError, _short_repr
-from .fanout import _options_for, spread_offset, validate_spread
-from .resolution import validate_schema_name
+from .resolution import validate_schema_list
+from .spread import options_for_schema, validate_spread
+from .targets import read_readiness, tenant_queryset
+
+__all__ = ["TenantResults", "send_to_tenants"]
 
 logger = get_logger(__name__)
 
-#: Why a schema was not sent to (the values of ``TenantResults.skipped``).
-NOT_A_TENANT = "neither the public schema nor a tenant of TenantAwareSchedulerMixin.get_queryset()"
-NOT_READY = "its schema does not exist in the database yet (tenant still being created?)"
-UNUSABLE_NAME = "the tenant's schema_name is not a usable schema name"
 #: Skipped schemas named in the warning; the others are counted.
 _LOGGED_NAMES = 20
 
@@ -82,8 +77,8 @@ def send_to_tenants(
             ``spread_seconds`` is not a number of seconds from 0 to ``MAX_SPREAD_SECONDS``.
     """
     window = validate_spread(spread_seconds, "spread_seconds")
-    wanted = None if tenants is None else _schema_names(tenants)
-    schemas, skipped = _targets(wanted)
+    wanted = None if tenants is None else validate_schema_list(tenants, "tenants", tenants=True)
+    schemas, skipped = read_readiness(tenant_queryset()).split(wanted)
     if skipped:
         _log_skipped(task, skipped)
     base = {**options, "headers": dict(options.get("headers") or {})}
@@ -92,46 +87,11 @@ def send_to_tenants(
     results = TenantResults(skipped=skipped)
     with task._get_app().producer_or_acquire(producer) as shared_producer:
         for schema_name in schemas:
-            message = _options_for(base, schema_name, spread_offset(schema_name, window))
+            message = options_for_schema(base, schema_name, window)
             results[schema_name] = task.apply_async(
                 args, kwargs, producer=shared_producer, **message
             )
     return results
-
-
-def _targets(wanted: tuple[str, ...] | None) -> tuple[list[str], dict[str, str]]:
-    """Return the schemas to send to and the skipped ones with their reason (one query).
-
-    Beat's rules (``fanout.TenantTargets``): every tenant of the schedulers'
-    ``get_queryset()`` whose schema exists, public excluded; or the ``wanted`` names
-    that are the public schema or such a tenant.
-    """
-    from .scheduler import TenantAwareSchedulerMixin
-
-    queryset = TenantAwareSchedulerMixin.get_queryset()
-    with closing_on_error(connections[queryset.db]):
-        rows = tenant_schemas_existing(queryset)
-    public = public_schema_name()
-    exists: dict[str, bool] = {}
-    unusable: dict[str, str] = {}
-    for name, schema_exists in rows:
-        if name == public:
-            continue
-        try:
-            exists[validate_schema_name(name)] = schema_exists
-        except InvalidSchemaName:
-            unusable[name] = UNUSABLE_NAME
-    if wanted is None:
-        not_ready = {name: NOT_READY for name, ready in exists.items() if not ready}
-        return [name for name, ready in exists.items() if ready], {**not_ready, **unusable}
-    schemas: list[str] = []
-    skipped: dict[str, str] = {}
-    for name in wanted:
-        if name == public or exists.get(name):
-            schemas.append(name)
-        else:
-            skipped[name] = NOT_READY if name in exists else NOT_A_TENANT
-    return schemas, skipped
 
 
 def _log_skipped(task: Any, skipped: Mapping[str, str]) -> None:
@@ -146,24 +106,3 @@ def _log_skipped(task: Any, skipped: Mapping[str, str]) -> None:
         listed,
         f"; and {more} more (see the result's skipped)" if more > 0 else "",
     )
-
-
-def _schema_names(tenants: Any) -> tuple[str, ...]:
-    """Return the valid schema names of ``tenants``, in order, without duplicates."""
-    if isinstance(tenants, str) or hasattr(tenants, "schema_name"):
-        tenants = (tenants,)
-    elif isinstance(tenants, (bytes, bytearray)) or not isinstance(tenants, Iterable):
-        raise TenantConfigurationError(
-            "tenants must be a tenant, a schema name, or an iterable of them, "
-            f"got {_short_repr(tenants)}."
-        )
-    names = []
-    for tenant in tenants:
-        value = getattr(tenant, "schema_name", tenant)
-        try:
-            names.append(validate_schema_name(value))
-        except InvalidSchemaName as exc:
-            raise TenantConfigurationError(
-                f"tenants holds {_short_repr(value)}, not a usable schema name: {exc.reason}."
-            ) from exc
-    return tuple(dict.fromkeys(names))

@@ -1,28 +1,20 @@
-"""One schedule entry, sent once per target schema: targets, readiness, spread, one producer.
+"""One schedule entry, sent once per target schema, all over one producer.
 
-Shared by every scheduler of the package. Beat only has to *send* a message whose
-``_schema_name`` header names the schema; the worker side runs it there.
+Beat only has to *send* a message whose ``_schema_name`` header names the schema;
+the worker side runs it there. Which schemas (``targets``) and their spread
+(``spread``) are decided before: this module sends.
 
-* Targets: an entry lists its schemas (``tenant_schemas``, ``"public"`` allowed
-  without a tenant row), or goes to every tenant of the scheduler's
-  ``get_queryset()``, the public schema excluded.
-* Readiness: tenants whose schema does not exist in PostgreSQL yet are skipped
-  (and logged once), found with one query for all of them.
-* Spread: ``tenant_spread_seconds`` gives each schema a stable countdown offset.
-* Sending: every message goes through the scheduler's ``apply_async(entry,
-  producer=..., advance=False)`` (Celery's extension point), once per schema, with
-  that schema active on django-tenants' connection; all of them through one
-  producer (one broker connection), in pipelines where kombu supports it (Redis).
-  No database query is made per tenant, and the result backend is not asked to
-  watch for results beat never reads.
+Every message goes through the scheduler's ``apply_async(entry, producer=...,
+advance=False)`` (Celery's extension point), once per schema, with that schema active
+on django-tenants' connection; all of them through one producer (one broker
+connection), in pipelines where kombu supports it (Redis). No database query is made
+per tenant, and the result backend is not asked to watch for results beat never reads.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from celery import _state as celery_state
@@ -30,32 +22,25 @@ from celery.beat import BeatLazyFunc
 from celery.utils.log import get_logger
 from django.db import connections
 
-from ._sql import closing_on_error, tenant_schemas_existing
-from .capture import SCHEMA_HEADER
-from .conf import public_schema_name, tenant_db_alias
-from .exceptions import InvalidSchemaName, TenantConfigurationError, _short_repr
-from .resolution import validate_schema_name
+from .capture import BEAT_ONLY_HEADERS
+from .conf import tenant_db_alias
+from .spread import entry_spread, options_for_schema
+
+__all__ = [
+    "PUBLISH_BATCH_SIZE",
+    "FanoutEntry",
+    "is_fanout_copy",
+    "results_not_awaited",
+    "send_to_schemas",
+]
 
 #: Celery's beat logger: our lines read in line with Celery's own.
 logger = get_logger("celery.beat")
 
-#: Suffix (after ``@``) of the name of an entry that is sent to every tenant.
-ALL_TENANTS = "__all_tenants_only__"
-#: Header of a stored entry (a django-celery-beat row) that sends it to every tenant.
-ALL_TENANTS_HEADER = "_all_tenants_only"
-#: Header of a stored entry holding its ``tenant_spread_seconds``.
-SPREAD_HEADER = "_tenant_spread_seconds"
-#: Headers that instruct beat and are never sent to a worker.
-BEAT_ONLY_HEADERS = frozenset({ALL_TENANTS_HEADER, SPREAD_HEADER})
 #: Header Celery's scheduler adds to every message it sends.
 BEAT_TASK_HEADER = "celery_beat_task"
 #: Broker operations buffered before a write, where kombu batches publishes (Redis).
 PUBLISH_BATCH_SIZE = 1000
-#: Longest spread window (one year): a countdown beyond it is a mistake, and Celery could
-#: not even compute the ETA of an infinite or huge one (``OverflowError`` at every send).
-MAX_SPREAD_SECONDS = 365 * 24 * 3600
-
-_HASH_BITS = 53  # a float's precision: offsets stay strictly below the window
 #: Attribute of the one-schema copy of an entry that ``send_to_schemas`` hands to
 #: ``apply_async``: the schema it is sent to.
 FANOUT_SCHEMA_ATTR = "_tenant_fanout_schema"
@@ -75,190 +60,9 @@ class FanoutEntry(Protocol):
     tenant_spread_seconds: float
 
 
-def spread_offset(schema_name: str, window: float) -> float:
-    """Return the stable offset of ``schema_name`` within ``window`` seconds, in ``[0, window)``.
-
-    The offset comes from a BLAKE2 hash of the name, so it is the same in every
-    process and at every run (unlike ``hash()``, which is salted per process).
-
-    Example:
-        >>> spread_offset("tenant1", 300) == spread_offset("tenant1", 300)
-        True
-        >>> spread_offset("tenant1", 0)
-        0.0
-    """
-    if window <= 0:
-        return 0.0
-    digest = hashlib.blake2b(schema_name.encode("utf-8"), digest_size=8).digest()
-    fraction = (int.from_bytes(digest, "big") >> (64 - _HASH_BITS)) / 2**_HASH_BITS
-    return window * fraction
-
-
-def validate_spread(value: object, option: str = "tenant_spread_seconds") -> float:
-    """Return ``value`` as a number of seconds from 0 to ``MAX_SPREAD_SECONDS`` (None means 0).
-
-    Raises:
-        TenantConfigurationError: ``value`` is not such a number (``option`` names it).
-    """
-    if value is None:
-        return 0.0
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0 <= value <= MAX_SPREAD_SECONDS
-    ):
-        raise TenantConfigurationError(
-            f"{option} must be a number of seconds from 0 to {MAX_SPREAD_SECONDS} (one year), "
-            f"got {_short_repr(value)}."
-        )
-    return float(value)
-
-
-def validate_schema_list(value: object) -> tuple[str, ...]:
-    """Return ``tenant_schemas`` as a tuple of valid schema names (a string is one name).
-
-    Raises:
-        TenantConfigurationError: ``value`` is not a list of names, or an item is not a
-            usable schema name.
-    """
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (list, tuple, set, frozenset)):
-        raise TenantConfigurationError(
-            f"tenant_schemas must be a list of schema names, got {_short_repr(value)}."
-        )
-    names = []
-    for item in value:
-        try:
-            names.append(validate_schema_name(item))
-        except InvalidSchemaName as exc:
-            raise TenantConfigurationError(
-                f"tenant_schemas holds {_short_repr(item)}, not a usable schema name: {exc.reason}."
-            ) from exc
-    return tuple(dict.fromkeys(names))
-
-
-def header_flag(value: object, header: str) -> bool:
-    """Return the boolean a header holds: true, false or None, or "true" / "false".
-
-    Anything else is refused: a truthy string such as ``"no"`` must not send an entry
-    to every tenant.
-
-    Raises:
-        TenantConfigurationError: ``value`` is none of these.
-
-    Example:
-        >>> header_flag("True", "_all_tenants_only"), header_flag(None, "_all_tenants_only")
-        (True, False)
-    """
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise TenantConfigurationError(
-        f"the {header} header must be true or false, got {_short_repr(value)}."
-    )
-
-
-def entry_spread(entry: Any) -> float:
-    """Return the spread window of ``entry``: its ``tenant_spread_seconds``, else the
-    ``_tenant_spread_seconds`` header of its options (0 without either)."""
-    spread = getattr(entry, "tenant_spread_seconds", 0.0)
-    if spread:
-        return float(spread)
-    return validate_spread((entry.options.get("headers") or {}).get(SPREAD_HEADER), SPREAD_HEADER)
-
-
 def is_fanout_copy(entry: Any) -> bool:
     """Return whether ``entry`` is the one-schema copy ``send_to_schemas`` sends."""
     return FANOUT_SCHEMA_ATTR in getattr(entry, "__dict__", ())
-
-
-def valid_schema_names(names: Iterable[str], rejected: OnceLog | None = None) -> list[str]:
-    """Return the ``names`` that are usable schema names; report the others to ``rejected``."""
-    valid, invalid = [], []
-    for name in names:
-        try:
-            valid.append(validate_schema_name(name))
-        except InvalidSchemaName:
-            invalid.append(name)
-    if rejected is not None:
-        rejected.update(invalid)
-    return valid
-
-
-def invalid_names_log() -> OnceLog:
-    """Return a ``OnceLog`` for tenants whose schema name is unusable."""
-    return OnceLog("beat: Ignoring tenant schema %r: it is not a usable schema name.")
-
-
-class OnceLog:
-    """Log a warning the first time a schema is skipped, and again only after it recovered."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        self.reported: set[str] = set()
-
-    def update(self, skipped: Iterable[str], checked: Iterable[str] = ()) -> None:
-        """Report the ``skipped`` schemas not reported yet; forget the ``checked`` that were not."""
-        skipped = set(skipped)
-        self.reported -= set(checked) - skipped
-        for schema_name in sorted(skipped - self.reported):
-            logger.warning(self.message, schema_name)
-        self.reported |= skipped
-
-
-class TenantTargets:
-    """The schemas entries are sent to, read at most once per burst of due entries.
-
-    Parameters:
-        get_queryset(Callable): returns the queryset of tenants beat may send to
-            (the scheduler's ``get_queryset``).
-
-    Call ``forget()`` when the beat loop goes to sleep: the next ``resolve()``
-    reads the tenants again, so tenants created or deleted since are picked up.
-    """
-
-    def __init__(self, get_queryset: Callable[[], Any]) -> None:
-        self.get_queryset = get_queryset
-        self._ready: list[str] | None = None
-        self._tenants: frozenset[str] = frozenset()
-        self._invalid = invalid_names_log()
-        self._not_ready = OnceLog(
-            "beat: Skipping tenant schema %r: it does not exist in the database yet "
-            "(tenant still being created?)."
-        )
-        self._not_tenant = OnceLog(
-            "beat: Skipping schema %r: it is neither the public schema nor a tenant "
-            "of the scheduler's get_queryset()."
-        )
-
-    def ready_tenants(self) -> list[str]:
-        """Return the schema names of the tenants whose schema exists (public excluded)."""
-        if self._ready is None:
-            queryset = self.get_queryset()
-            with closing_on_error(connections[queryset.db]):
-                rows = tenant_schemas_existing(queryset)
-            public = public_schema_name()
-            names = valid_schema_names((name for name, _ in rows if name != public), self._invalid)
-            existing = {name for name, exists in rows if exists}
-            self._not_ready.update([name for name in names if name not in existing], names)
-            self._tenants = frozenset(names)
-            self._ready = [name for name in names if name in existing]
-        return self._ready
-
-    def resolve(self, tenant_schemas: Sequence[str] | None) -> list[str]:
-        """Return the schemas an entry goes to: its ready ``tenant_schemas``, or all tenants."""
-        ready = self.ready_tenants()
-        if tenant_schemas is None:
-            return list(ready)
-        known = set(ready) | {public_schema_name()}
-        self._not_tenant.update(set(tenant_schemas) - known - self._tenants, tenant_schemas)
-        return [name for name in tenant_schemas if name in known]
-
-    def forget(self) -> None:
-        """Drop the tenants read so far; the next ``resolve()`` reads them again."""
-        self._ready = None
 
 
 def send_to_schemas(
@@ -309,7 +113,7 @@ def send_to_schemas(
             for schema_name in schemas:
                 one = new(cls)
                 one.__dict__.update(fields)
-                one.options = _options_for(base, schema_name, spread_offset(schema_name, window))
+                one.options = options_for_schema(base, schema_name, window)
                 one.__dict__[FANOUT_SCHEMA_ATTR] = schema_name
                 activate(schema_name)
                 try:
@@ -431,23 +235,3 @@ def _base_options(options: Mapping[str, Any]) -> dict[str, Any]:
     headers[BEAT_TASK_HEADER] = True
     base["headers"] = headers
     return base
-
-
-def _options_for(base: Mapping[str, Any], schema_name: str, offset: float) -> dict[str, Any]:
-    options = dict(base)
-    options["headers"] = {**base["headers"], SCHEMA_HEADER: schema_name}
-    if offset:
-        _shift(options, offset)
-    return options
-
-
-def _shift(options: dict[str, Any], offset: float) -> None:
-    """Delay the message by ``offset`` seconds, keeping a relative ``expires`` relative."""
-    eta = options.get("eta")
-    if isinstance(eta, datetime) and not options.get("countdown"):
-        options["eta"] = eta + timedelta(seconds=offset)
-    else:
-        options["countdown"] = (options.get("countdown") or 0) + offset
-    expires = options.get("expires")
-    if isinstance(expires, (int, float)) and not isinstance(expires, bool):
-        options["expires"] = expires + offset

@@ -1,9 +1,10 @@
-"""Run side, first step: from a task request to a validated schema name and its tenant."""
+"""Schema names validated (a header, a list of them, a header flag), and, on the run side,
+from a task request to its schema name and its tenant."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -14,9 +15,11 @@ from .capture import SCHEMA_HEADER
 from .conf import tenant_cache_seconds
 from .exceptions import (
     InvalidSchemaName,
+    TenantConfigurationError,
     TenantLookupFailed,
     TenantNotFound,
     TenantSchemasCeleryError,
+    _short_repr,
 )
 from .invalidation import catch_up
 from .proven_lookup import can_fuse, fetch_proven_tenant
@@ -76,6 +79,66 @@ def _validate_text(value: str) -> str:
     if _FORBIDDEN_CHARACTERS.search(value):
         raise InvalidSchemaName(value, "it holds a quote, backslash, semicolon, NUL or line break")
     return value
+
+
+def validate_schema_list(
+    value: object, option: str = "tenant_schemas", tenants: bool = False
+) -> tuple[str, ...]:
+    """Return the schema names ``value`` lists, validated, in order, without duplicates.
+
+    A string is one name; a list, tuple or set, a list of names. With ``tenants`` (an
+    argument that takes tenants too), a tenant (an object with a ``schema_name``)
+    counts as its name, and any iterable but bytes (a queryset, say) is a list.
+
+    Raises:
+        TenantConfigurationError: ``value`` is no such list, or holds something that is
+            not a usable schema name (``option`` names the argument or option).
+
+    Example:
+        >>> validate_schema_list(["a", "b", "a"])
+        ('a', 'b')
+    """
+    if isinstance(value, str) or (tenants and hasattr(value, "schema_name")):
+        value = (value,)
+    elif not isinstance(value, (list, tuple, set, frozenset)) and not (
+        tenants and isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray))
+    ):
+        kinds = "a list of schema names"
+        if tenants:
+            kinds = "a tenant, a schema name, or an iterable of them"
+        raise TenantConfigurationError(f"{option} must be {kinds}, got {_short_repr(value)}.")
+    names = []
+    for item in value:
+        name = getattr(item, "schema_name", item) if tenants else item
+        try:
+            names.append(validate_schema_name(name))
+        except InvalidSchemaName as exc:
+            raise TenantConfigurationError(
+                f"{option} holds {_short_repr(name)}, not a usable schema name: {exc.reason}."
+            ) from exc
+    return tuple(dict.fromkeys(names))
+
+
+def header_flag(value: object, header: str) -> bool:
+    """Return the boolean a header holds: true, false or None, or "true" / "false".
+
+    Anything else is refused: a truthy string such as ``"no"`` must not send an entry
+    to every tenant.
+
+    Raises:
+        TenantConfigurationError: ``value`` is none of these.
+
+    Example:
+        >>> header_flag("True", "_all_tenants_only"), header_flag(None, "_all_tenants_only")
+        (True, False)
+    """
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise TenantConfigurationError(
+        f"the {header} header must be true or false, got {_short_repr(value)}."
+    )
 
 
 def lookup_tenant(task: Any, schema_name: str) -> Any:

@@ -19,28 +19,19 @@ its ``apply_async(entry, producer=..., advance=False)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry, Scheduler
+from celery.utils.log import get_logger
 from kombu.utils.objects import cached_property
 
-from .capture import SCHEMA_HEADER
+from .capture import ALL_TENANTS_HEADER, SCHEMA_HEADER, SPREAD_HEADER, entry_headers
 from .conf import public_schema_name
-from .exceptions import TenantConfigurationError, _short_repr
-from .fanout import (
-    ALL_TENANTS,
-    ALL_TENANTS_HEADER,
-    SPREAD_HEADER,
-    TenantTargets,
-    header_flag,
-    is_fanout_copy,
-    logger,
-    send_to_schemas,
-    validate_schema_list,
-    validate_spread,
-)
-from .resolution import validate_schema_name
+from .fanout import is_fanout_copy, send_to_schemas
+from .resolution import header_flag, validate_schema_list, validate_schema_name
+from .spread import validate_spread
+from .targets import TenantTargets, tenant_queryset
 
 if TYPE_CHECKING:
     from celery.beat import Scheduler as _SchedulerBase
@@ -56,10 +47,13 @@ __all__ = [
     "expand_entry",
 ]
 
+#: Celery's beat logger: our lines read in line with Celery's own.
+logger = get_logger("celery.beat")
+
 #: Prefix of Celery's built-in tasks: without ``tenant_schemas`` they run once, in public.
 CELERY_TASK_PREFIX = "celery."
-#: Headers naming where an entry goes; ``expand_entry`` sets them.
-TARGET_HEADERS = (SCHEMA_HEADER, ALL_TENANTS_HEADER, SPREAD_HEADER)
+#: Suffix (after ``@``) of the name of an entry that is sent to every tenant.
+ALL_TENANTS = "__all_tenants_only__"
 
 
 def __getattr__(name: str) -> Any:
@@ -169,28 +163,20 @@ def expand_entry(name: str, fields: Mapping[str, Any]) -> dict[str, dict[str, An
     schemas = fields.pop("tenant_schemas", None)
     spread = validate_spread(fields.pop("tenant_spread_seconds", None))
     if schemas is None and str(fields.get("task", "")).startswith(CELERY_TASK_PREFIX):
-        return {name: _with_targets(fields, {SCHEMA_HEADER: public_schema_name()}, spread)}
+        return {name: _with_targets(fields, public_schema_name(), spread)}
     if schemas is None:
-        return {f"{name}@{ALL_TENANTS}": _with_targets(fields, {ALL_TENANTS_HEADER: True}, spread)}
+        return {f"{name}@{ALL_TENANTS}": _with_targets(fields, None, spread)}
     return {
-        f"{name}@{schema}": _with_targets(fields, {SCHEMA_HEADER: schema}, spread)
+        f"{name}@{schema}": _with_targets(fields, schema, spread)
         for schema in validate_schema_list(schemas)
     }
 
 
 def _with_targets(
-    fields: Mapping[str, Any], targets: dict[str, Any], spread: float
+    fields: Mapping[str, Any], schema_name: str | None, spread: float
 ) -> dict[str, Any]:
     options = dict(fields.get("options") or {})
-    headers = {
-        key: value
-        for key, value in (options.get("headers") or {}).items()
-        if key not in TARGET_HEADERS
-    }
-    headers.update(targets)
-    if spread:
-        headers[SPREAD_HEADER] = spread
-    options["headers"] = headers
+    options["headers"] = entry_headers(options.get("headers") or {}, schema_name, spread)
     return {**fields, "options": options}
 
 
@@ -213,7 +199,7 @@ def header_targets(headers: Mapping[str, Any]) -> tuple[str, ...] | None:
 def entry_targets(entry: Any) -> tuple[str, ...] | None:
     """Return the schemas an entry goes to (None: every tenant).
 
-    Its ``tenant_schemas`` (any iterable of names: a subclass may set a queryset's
+    Its ``tenant_schemas`` (any iterable of names or tenants: a subclass may set a queryset's
     ``values_list``) when set, else what its headers say (see ``header_targets``):
     entries of other classes (Celery's, django-celery-beat's, celery-redbeat's) are
     sent as the PyPI package's headers say.
@@ -221,11 +207,7 @@ def entry_targets(entry: Any) -> tuple[str, ...] | None:
     explicit = getattr(entry, "tenant_schemas", None)
     if explicit is None:
         return header_targets(entry.options.get("headers") or {})
-    if isinstance(explicit, (str, bytes)) or not isinstance(explicit, Iterable):
-        raise TenantConfigurationError(
-            f"tenant_schemas must be a list of schema names, got {_short_repr(explicit)}."
-        )
-    return validate_schema_list(tuple(explicit))
+    return validate_schema_list(explicit, tenants=True)
 
 
 class TenantAwareSchedulerMixin(_SchedulerBase):
@@ -253,10 +235,7 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         Entries sent to every tenant leave the public schema out themselves; an
         entry's ``tenant_schemas`` may name public without a tenant row for it.
         """
-        from django_tenants.utils import get_tenant_model
-
-        queryset: QuerySet[Any] = get_tenant_model().objects.all()
-        return queryset
+        return tenant_queryset()
 
     @cached_property
     def tenant_targets(self) -> TenantTargets:

@@ -39,9 +39,9 @@ from hypothesis import strategies as st
 
 from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler, update_row
 from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
-from tenant_schemas_celery.fanout import MAX_SPREAD_SECONDS
 from tenant_schemas_celery.resolution import validate_schema_name
 from tenant_schemas_celery.scheduler import TenantAwarePersistentScheduler, TenantAwareScheduler
+from tenant_schemas_celery.spread import MAX_SPREAD_SECONDS
 from tests.beat_helpers import (
     TASK,
     add_task,

@@ -11,10 +11,11 @@ from celery.signals import before_task_publish
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tenant_schemas_celery.dispatch import NOT_A_TENANT, NOT_READY, UNUSABLE_NAME, TenantResults
+from tenant_schemas_celery.dispatch import TenantResults
 from tenant_schemas_celery.exceptions import TenantConfigurationError
-from tenant_schemas_celery.fanout import TenantTargets, spread_offset
 from tenant_schemas_celery.scheduler import TenantAwareSchedulerMixin
+from tenant_schemas_celery.spread import spread_offset
+from tenant_schemas_celery.targets import NOT_A_TENANT, NOT_READY, UNUSABLE_NAME, TenantTargets
 from tests.beat_helpers import drain, every_tenant
 from tests.conftest import BROKERS
 from tests.project.celery import app

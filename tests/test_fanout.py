@@ -18,15 +18,11 @@ from django.db import connection
 from django_tenants.utils import tenant_context
 
 from tenant_schemas_celery._sql import pg_array, quote_ident
-from tenant_schemas_celery.fanout import (
-    OnceLog,
-    TenantTargets,
-    results_not_awaited,
-    send_to_schemas,
-    spread_offset,
-    validate_schema_list,
-)
+from tenant_schemas_celery.fanout import results_not_awaited, send_to_schemas
+from tenant_schemas_celery.resolution import validate_schema_list
 from tenant_schemas_celery.scheduler import TenantAwareScheduler
+from tenant_schemas_celery.spread import spread_offset
+from tenant_schemas_celery.targets import OnceLog, TenantTargets
 from tests.beat_helpers import TASK, drain, every_tenant, schemas_of, sql_tenants, statements
 from tests.project.celery import app
 from tests.project.customers.models import Client
@@ -59,7 +55,7 @@ def test_spread_offset_is_within_the_window_and_stable() -> None:
 
 
 def test_spread_offset_is_the_same_in_another_process() -> None:
-    code = "from tenant_schemas_celery import fanout; print(fanout.spread_offset('tenant1', 300))"
+    code = "from tenant_schemas_celery import spread; print(spread.spread_offset('tenant1', 300))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(other.stdout) == spread_offset("tenant1", 300)
 

@@ -89,12 +89,12 @@ from packaging.utils import canonicalize_name
 
 from tenant_schemas_celery.app import CeleryApp
 from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
-from tenant_schemas_celery.fanout import spread_offset
 from tenant_schemas_celery.scheduler import (
     TenantAwarePersistentScheduler,
     TenantAwareScheduler,
     TenantAwareSchedulerMixin,
 )
+from tenant_schemas_celery.spread import spread_offset
 from tenant_schemas_celery.task import TenantTask
 from tests import beat_helpers
 from tests.beat_helpers import drain, every_tenant, flush_stats, make_due, run_due, sql_tenants

@@ -15,13 +15,13 @@ from celery.beat import ScheduleEntry
 from django.utils import timezone
 
 from tenant_schemas_celery.exceptions import TenantConfigurationError
-from tenant_schemas_celery.fanout import spread_offset
 from tenant_schemas_celery.scheduler import (
     TenantAwarePersistentScheduler,
     TenantAwareScheduleEntry,
     TenantAwareScheduler,
     expand_entry,
 )
+from tenant_schemas_celery.spread import spread_offset
 from tests.beat_helpers import (
     TASK,
     beat_schedule,
