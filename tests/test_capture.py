@@ -8,6 +8,7 @@ from celery.signals import before_task_publish
 from django_tenants.utils import schema_context
 
 from tenant_schemas_celery.app import CeleryApp
+from tenant_schemas_celery.capture import entry_headers
 from tenant_schemas_celery.task import TenantTask, headers_with_schema
 
 
@@ -86,3 +87,19 @@ def test_the_schema_comes_from_tenant_db_alias():
             assert headers_with_schema() == {"_schema_name": "tenant2"}
     finally:
         connections["other"].set_schema_to_public()
+
+
+def test_entry_headers_replace_the_targets_and_keep_the_rest():
+    headers = {
+        "x": 1,
+        "_schema_name": "old",
+        "_all_tenants_only": True,
+        "_tenant_spread_seconds": 9,
+    }
+    assert entry_headers(headers, "tenant1") == {"x": 1, "_schema_name": "tenant1"}
+    assert entry_headers(headers, None, 60) == {
+        "x": 1,
+        "_all_tenants_only": True,
+        "_tenant_spread_seconds": 60,
+    }
+    assert headers["_schema_name"] == "old"  # the caller's headers are left alone

@@ -1,11 +1,7 @@
-"""fanout: targets, readiness, spread and sending, with real PostgreSQL and Redis."""
+"""fanout: sending one entry to its schemas, with real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
-import logging
-import subprocess
-import sys
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -19,11 +15,7 @@ from django_tenants.utils import tenant_context
 
 from tenant_schemas_celery._sql import pg_array, quote_ident
 from tenant_schemas_celery.fanout import results_not_awaited, send_to_schemas
-from tenant_schemas_celery.resolution import validate_schema_list
-from tenant_schemas_celery.scheduler import TenantAwareScheduler
-from tenant_schemas_celery.spread import spread_offset
-from tenant_schemas_celery.targets import OnceLog, TenantTargets
-from tests.beat_helpers import TASK, drain, every_tenant, schemas_of, sql_tenants, statements
+from tests.beat_helpers import TASK, drain, schemas_of, statements
 from tests.project.celery import app
 from tests.project.customers.models import Client
 
@@ -41,29 +33,6 @@ def fanout_entry(queue: str, **fields: Any) -> Any:
     return SimpleNamespace(**values)
 
 
-# Spread ---------------------------------------------------------------------------------
-
-
-def test_spread_offset_is_within_the_window_and_stable() -> None:
-    offsets = [spread_offset(f"tenant{index}", 300) for index in range(1000)]
-    assert all(0 <= offset < 300 for offset in offsets)
-    assert offsets == [spread_offset(f"tenant{index}", 300) for index in range(1000)]
-    # Spread evenly: each tenth of the window gets about a tenth of the tenants
-    tenths = Counter(int(offset // 30) for offset in offsets)
-    assert set(tenths) == set(range(10))
-    assert all(60 <= count <= 140 for count in tenths.values())
-
-
-def test_spread_offset_is_the_same_in_another_process() -> None:
-    code = "from tenant_schemas_celery import spread; print(spread.spread_offset('tenant1', 300))"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert float(other.stdout) == spread_offset("tenant1", 300)
-
-
-def test_no_window_means_no_offset() -> None:
-    assert spread_offset("tenant1", 0) == 0.0
-
-
 # SQL helpers ----------------------------------------------------------------------------
 
 
@@ -72,52 +41,6 @@ def test_identifiers_and_array_literals_are_quoted() -> None:
     assert pg_array(["a", 'b"c', "d\\e", 1]) == '{"a","b\\"c","d\\\\e","1"}'
     with pytest.raises(ValueError):
         quote_ident("")
-
-
-def test_schema_lists_are_validated() -> None:
-    assert validate_schema_list("public") == ("public",)
-    assert validate_schema_list(["a", "b", "a"]) == ("a", "b")
-
-
-def test_once_log_reports_again_after_recovery(caplog: Any) -> None:
-    log = OnceLog("beat: %r")
-    log.update(["a"], ["a"])
-    log.update(["a"], ["a"])
-    log.update([], ["a"])
-    log.update(["a"], ["a"])
-    assert [record.getMessage() for record in caplog.records] == ["beat: 'a'", "beat: 'a'"]
-
-
-# Targets --------------------------------------------------------------------------------
-
-
-@pytest.mark.usefixtures("beat_db")
-def test_targets_are_every_ready_tenant_or_the_listed_schemas(caplog: Any) -> None:
-    caplog.set_level(logging.WARNING, logger="celery.beat")
-    targets = TenantTargets(TenantAwareScheduler.get_queryset)
-    with sql_tenants("no_schema", schema=False):
-        assert sorted(targets.resolve(None)) == every_tenant()
-        listed = ["public", "tenant2", "no_schema", "unknown"]
-        assert targets.resolve(listed) == ["public", "tenant2"]
-        assert targets.resolve(listed) == ["public", "tenant2"]
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2
-    assert messages[0].startswith("beat: Skipping tenant schema 'no_schema': it does not exist")
-    assert messages[1].startswith("beat: Skipping schema 'unknown': it is neither the public")
-
-
-@pytest.mark.usefixtures("beat_db")
-def test_targets_are_read_once_per_burst_with_one_statement() -> None:
-    targets = TenantTargets(TenantAwareScheduler.get_queryset)
-    tenants = every_tenant()
-    with sql_tenants(*(f"many{index:02d}" for index in range(30))):
-        sent = statements(lambda: [targets.resolve(None) for _ in range(3)])
-        assert len(sent) == 1
-        assert "pg_namespace" in sent[0]
-        assert len(targets.resolve(None)) == len(tenants) + 30
-        # After forget() (the beat loop went to sleep), tenants are read again
-        targets.forget()
-    assert sorted(targets.resolve(None)) == tenants
 
 
 # Sending --------------------------------------------------------------------------------
