@@ -13,7 +13,6 @@ from celery.beat import BeatLazyFunc
 from django.db import connection
 from django_tenants.utils import tenant_context
 
-from tenant_schemas_celery._sql import pg_array, quote_ident
 from tenant_schemas_celery.fanout import results_not_awaited, send_to_schemas
 from tests.beat_helpers import TASK, drain, schemas_of, statements
 from tests.project.celery import app
@@ -31,16 +30,6 @@ def fanout_entry(queue: str, **fields: Any) -> Any:
         **fields,
     }
     return SimpleNamespace(**values)
-
-
-# SQL helpers ----------------------------------------------------------------------------
-
-
-def test_identifiers_and_array_literals_are_quoted() -> None:
-    assert quote_ident('we"ird') == '"we""ird"'
-    assert pg_array(["a", 'b"c', "d\\e", 1]) == '{"a","b\\"c","d\\\\e","1"}'
-    with pytest.raises(ValueError):
-        quote_ident("")
 
 
 # Sending --------------------------------------------------------------------------------
