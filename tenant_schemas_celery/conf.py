@@ -92,6 +92,22 @@ def _forget_settings(**kwargs: Any) -> None:
 setting_changed.connect(_forget_settings, dispatch_uid="tenant_schemas_celery.conf")
 
 
+def task_option(task_or_cls: Any, name: str) -> tuple[Any, str]:
+    """Return a task option's value (None if unset), and where it came from, for errors.
+
+    The value is the task's attribute ``name`` when it is not None, else the Celery
+    setting ``task_<name>`` of the task's app (see ``app_setting``).
+
+    Parameters:
+        task_or_cls: a task, or a task class.
+        name(str): the option, as a task attribute (``"tenant_databases"``).
+    """
+    value = getattr(task_or_cls, name, None)
+    if value is not None:
+        return value, f"the {name} task option"
+    return app_setting(task_or_cls.app, f"task_{name}"), f"the task_{name} setting"
+
+
 def tenant_databases(task_or_cls: Any) -> tuple[str, ...]:
     """Return the database aliases whose connections follow the task's tenant.
 
@@ -101,11 +117,7 @@ def tenant_databases(task_or_cls: Any) -> tuple[str, ...]:
     Raises:
         TenantConfigurationError: the value is not a list of aliases of ``settings.DATABASES``.
     """
-    value = getattr(task_or_cls, "tenant_databases", None)
-    source = "the tenant_databases task option"
-    if value is None:
-        value = app_setting(task_or_cls._get_app(), "task_tenant_databases")
-        source = "the task_tenant_databases setting"
+    value, source = task_option(task_or_cls, "tenant_databases")
     if value is None:
         return (tenant_db_alias(),)
     aliases = _as_aliases(value, source)
@@ -139,11 +151,7 @@ def tenant_cache_seconds(task_or_cls: Any) -> float:
     Raises:
         TenantConfigurationError: the value is not a number of seconds >= 0.
     """
-    value = getattr(task_or_cls, "tenant_cache_seconds", None)
-    source = "the tenant_cache_seconds task option"
-    if value is None:
-        value = app_setting(task_or_cls._get_app(), "task_tenant_cache_seconds")
-        source = "the task_tenant_cache_seconds setting"
+    value, source = task_option(task_or_cls, "tenant_cache_seconds")
     if value is None:
         return DEFAULT_CACHE_SECONDS
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
