@@ -85,7 +85,7 @@ def send_to_tenants(
     base["headers"].pop(SCHEMA_HEADER, None)
     producer = base.pop("producer", None)
     results = TenantResults(skipped=skipped)
-    with task._get_app().producer_or_acquire(producer) as shared_producer:
+    with task.app.producer_or_acquire(producer) as shared_producer:
         for schema_name in schemas:
             message = options_for_schema(base, schema_name, window)
             results[schema_name] = task.apply_async(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery._state import get_current_task
+from celery import current_task
 from celery.app.defaults import DEFAULTS
 from celery.app.log import Logging
 from celery.signals import after_setup_logger, after_setup_task_logger
@@ -45,7 +45,7 @@ class SchemaNameFilter(logging.Filter):
 
 
 def _schema_of_current_task() -> str:
-    if get_current_task() is None:
+    if not current_task:
         return "-"
     try:
         return current_schema_name() or "-"

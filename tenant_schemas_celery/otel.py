@@ -48,7 +48,7 @@ def tag_span(task: Any, schema_name: str) -> None:
     """
     if retrieve_context is None:
         return
-    if app_setting(task._get_app(), "task_tenant_otel_attribute") is False:
+    if app_setting(task.app, "task_tenant_otel_attribute") is False:
         return
     setattr(task.request, _PENDING_ATTR, schema_name)
     span = _task_span(task)

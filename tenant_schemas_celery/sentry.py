@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .conf import app_setting
+from .internals import scope_tag
 
 try:
     import sentry_sdk
@@ -29,10 +30,10 @@ def tag_events(task: Any, schema_name: str | None) -> str | None:
     """
     if sentry_sdk is None or not sentry_sdk.is_initialized():
         return NOT_TAGGED
-    if app_setting(task._get_app(), "task_tenant_sentry_tag") is False:
+    if app_setting(task.app, "task_tenant_sentry_tag") is False:
         return NOT_TAGGED
     scope = sentry_sdk.get_isolation_scope()
-    previous: str | None = getattr(scope, "_tags", {}).get(SENTRY_TAG)
+    previous: str | None = scope_tag(scope, SENTRY_TAG)
     if schema_name is None:
         scope.remove_tag(SENTRY_TAG)
     else:
