@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from celery import _state as celery_state
 from celery.beat import BeatLazyFunc
 from celery.utils.log import get_logger
 from django.db import connections
 
 from .capture import BEAT_ONLY_HEADERS
 from .conf import tenant_db_alias
+from .internals import joins_will_block
 from .spread import entry_spread, options_for_schema
 
 __all__ = [
@@ -192,22 +192,15 @@ def results_not_awaited() -> Iterator[None]:
     message, not pipelined; the RPC backend declares a reply queue, where results
     then pile up. Beat never reads a result. Celery skips that work in processes
     where joining a result would block (its worker processes): the block sets that
-    flag (``celery._state``), and restores it at the end. The messages do not
-    change, so the worker stores each result as usual.
+    flag (``internals.joins_will_block``), and restores it at the end. The messages
+    do not change, so the worker stores each result as usual.
 
     The flag is process-wide: while it is set, ``AsyncResult.get()`` in another thread
     of the process raises ``RuntimeError``, as in a worker. A beat process has no such
     thread; do not send fan-outs from a process whose threads wait for results.
     """
-    set_flag = getattr(celery_state, "_set_task_join_will_block", None)
-    if set_flag is None or celery_state.task_join_will_block():
+    with joins_will_block():
         yield
-        return
-    set_flag(True)
-    try:
-        yield
-    finally:
-        set_flag(False)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from kombu.utils.objects import cached_property
 from .capture import ALL_TENANTS_HEADER, SCHEMA_HEADER, SPREAD_HEADER, entry_headers
 from .conf import public_schema_name
 from .fanout import is_fanout_copy, send_to_schemas
+from .internals import sync_scheduler
 from .resolution import header_flag, validate_schema_list, validate_schema_name
 from .spread import validate_spread
 from .targets import TenantTargets, tenant_queryset
@@ -264,7 +265,7 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
                 entry.task,
             )
         if self.should_sync():
-            self._do_sync()
+            sync_scheduler(self)
 
     def should_sync(self) -> bool:
         """The base scheduler's ``should_sync``, False while an entry is being sent.
