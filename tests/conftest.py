@@ -46,6 +46,7 @@ BEAT_MODULES = [
     "test_db_scheduler.py",
     "test_dispatch.py",
     "test_fanout.py",
+    "test_internals_beat.py",
     "test_readme.py",
     "test_scheduler.py",
 ]
