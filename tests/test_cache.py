@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -68,17 +69,49 @@ def test_invalid_bound_is_refused():
         SimpleCache(max_entries=0)
 
 
-def test_concurrent_writers_keep_the_bound():
-    cache = SimpleCache(max_entries=50)
+class SlowStorage(dict):
+    """A dict slow to report its size: concurrent writers all read it before any of them writes."""
 
-    def write(offset: int) -> None:
-        for i in range(2000):
-            cache.set((offset, i), i, 60)
-            cache.get((offset, i - 1))
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+        self.slow = False
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    def __len__(self) -> int:
+        size = super().__len__()
+        if self.slow:
+            time.sleep(0.01)
+        return size
+
+    def __setitem__(self, key: object, value: object) -> None:
+        super().__setitem__(key, value)
+        self.largest = max(self.largest, super().__len__())
+
+
+def test_concurrent_writers_never_exceed_the_bound():
+    # Given a cache one entry short of its bound
+    storage = SlowStorage()
+    cache = SimpleCache(storage, max_entries=10)
+    for i in range(9):
+        cache.set(i, i, 60)
+    # When eight threads each store a new entry at the same moment
+    storage.slow = True
+    start = threading.Barrier(8)
+    errors: list[Exception] = []
+
+    def write(key: str) -> None:
+        start.wait()
+        try:
+            cache.set(key, key, 60)
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(f"new{n}",)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(cache) <= 50
+    # Then the bound held at every moment, and the newest entries are the ones kept
+    assert errors == []
+    assert storage.largest == len(cache) == 10
+    assert all(cache.get(f"new{n}") == f"new{n}" for n in range(8))
