@@ -135,13 +135,47 @@ def test_pypi_public_names():
         compat.nothing_here  # noqa: B018
 
 
+ERRORS = [
+    "TenantSchemasCeleryError",
+    "InvalidSchemaName",
+    "TenantNotFound",
+    "TenantSchemaMissing",
+    "TenantLookupFailed",
+    "TenantActivationMissing",
+    "TenantConfigurationError",
+]
+
+
 def test_package_root_exports():
-    import tenant_schemas_celery
+    import tenant_schemas_celery as package
+    from tenant_schemas_celery import capture, exceptions, log, scheduler, signals
     from tests.project.settings import BEAT
 
-    for name in tenant_schemas_celery.__all__:
-        if name == "TenantAwareDatabaseScheduler" and not BEAT:  # needs the "beat" extra
-            with pytest.raises(ModuleNotFoundError, match="django_celery_beat"):
-                getattr(tenant_schemas_celery, name)
-            continue
-        assert getattr(tenant_schemas_celery, name) is not None
+    # Each name of the package root is the very object of the module that documents it
+    expected = {
+        "CeleryApp": CeleryApp,
+        "TenantTask": TenantTask,
+        "headers_with_schema": capture.headers_with_schema,
+        "TenantAwareScheduler": scheduler.TenantAwareScheduler,
+        "TenantAwarePersistentScheduler": scheduler.TenantAwarePersistentScheduler,
+        "SimpleCache": SimpleCache,
+        "tenant_cache": tenant_cache,
+        "tenant_activated": signals.tenant_activated,
+        "SchemaNameFilter": log.SchemaNameFilter,
+        **{name: getattr(exceptions, name) for name in ERRORS},
+    }
+    assert sorted(package.__all__) == sorted([*expected, "TenantAwareDatabaseScheduler"])
+    for name, value in expected.items():
+        assert getattr(package, name) is value, name
+    assert all(
+        issubclass(getattr(package, name), package.TenantSchemasCeleryError) for name in ERRORS
+    )
+    if BEAT:
+        from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
+
+        assert package.TenantAwareDatabaseScheduler is TenantAwareDatabaseScheduler
+    else:  # the scheduler needs the "beat" extra, and says so
+        with pytest.raises(ModuleNotFoundError, match="django_celery_beat"):
+            package.TenantAwareDatabaseScheduler  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        package.nothing_here  # noqa: B018
