@@ -123,14 +123,17 @@ def test_pypi_public_names():
     assert TenantTask.get_tenant_databases() == ("default",)
     assert inspect.ismethod(TenantTask.get_tenant_for_schema)
     task_module = importlib.import_module("tenant_schemas_celery.task")
-    assert callable(task_module.headers_with_schema)
+    capture = importlib.import_module("tenant_schemas_celery.capture")
+    assert task_module.headers_with_schema is capture.headers_with_schema
     compat = importlib.import_module("tenant_schemas_celery.compat")
     from django_tenants import utils
+    from django_tenants.models import TenantMixin
+    from django_tenants.test.cases import TenantTestCase
 
     for name in ("get_tenant_model", "get_public_schema_name", "schema_context", "tenant_context"):
         assert getattr(compat, name) is getattr(utils, name)
-    assert compat.TenantMixin.__name__ == "TenantMixin"
-    assert compat.TenantTestCase.__name__ == "TenantTestCase"
+    assert compat.TenantMixin is TenantMixin
+    assert compat.TenantTestCase is TenantTestCase
     with pytest.raises(AttributeError):
         compat.nothing_here  # noqa: B018
 
