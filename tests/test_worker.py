@@ -7,9 +7,14 @@ from celery import chain, chord, group
 from django.db import connection
 from django_tenants.utils import schema_context
 
-from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantNotFound
+from tenant_schemas_celery.exceptions import (
+    InvalidSchemaName,
+    TenantConfigurationError,
+    TenantNotFound,
+)
 from tests.conftest import create_tenant, recorded_events
 from tests.project.celery import app
+from tests.project.customers.models import Client
 from tests.project.notes import tasks
 from tests.project.notes.models import Note
 
@@ -213,16 +218,27 @@ def test_multiple_databases_switch_listed_aliases_only(tenants):
 def test_unknown_database_alias_is_a_configuration_error(tenants):
     with schema_context("tenant1"):
         result = tasks.bad_alias.delay()
-    with pytest.raises(Exception, match="'missing'") as failure:
+    with pytest.raises(TenantConfigurationError, match="'missing'") as failure:
         result.get(timeout=TIMEOUT)
     assert "settings.DATABASES" in str(failure.value)
 
 
-def test_cached_and_uncached_tasks(tenants):
+def test_cached_task_reuses_the_tenant_and_uncached_task_reads_it_again(tenants):
+    # Given tenant1 looked up by a task that caches it (30 s), then renamed without a save
+    # (no signal, so the worker is not told to forget it)
     with schema_context("tenant1"):
-        first = tasks.cached_whereami.delay().get(timeout=TIMEOUT)
-        second = tasks.uncached_whereami.delay().get(timeout=TIMEOUT)
-    assert first["schema"] == second["schema"] == "tenant1"
+        assert tasks.cached_whereami.delay().get(timeout=TIMEOUT)["tenant"] == "TENANT1"
+    Client.objects.filter(schema_name="tenant1").update(name="RENAMED")
+    try:
+        # When both tasks run again
+        with schema_context("tenant1"):
+            cached = tasks.cached_whereami.delay().get(timeout=TIMEOUT)
+            uncached = tasks.uncached_whereami.delay().get(timeout=TIMEOUT)
+    finally:
+        Client.objects.filter(schema_name="tenant1").update(name="TENANT1")
+    # Then the cached task ran with the tenant object it cached, the other read the row
+    assert (cached["schema"], cached["tenant"]) == ("tenant1", "TENANT1")
+    assert (uncached["schema"], uncached["tenant"]) == ("tenant1", "RENAMED")
 
 
 def _wait_for(condition, timeout: float = TIMEOUT) -> None:
