@@ -28,7 +28,13 @@ from .exceptions import TenantActivationMissing, TenantConfigurationError
 from .otel import tag_span
 from .resolution import resolve_tenant, schema_name_from_request
 from .sentry import NOT_TAGGED, tag_events
-from .session import forget_search_path, prove_schema, search_path, settle_transaction
+from .session import (
+    forget_search_path,
+    mark_proven,
+    prove_schema,
+    search_path,
+    settle_transaction,
+)
 from .signals import tenant_activated
 
 #: Attribute of the task request (``task.request``) holding its ``Activation``.
@@ -122,7 +128,7 @@ def _switch_and_prove(
     for index, connection in enumerate(targets):
         _switch(connection, tenant, public)
         if index == 0 and proven:
-            connection.search_path_set_schemas = search_path(connection, public)
+            mark_proven(connection, search_path(connection, public), in_worker)
         elif index == 0 or connection.connection is not None:
             prove_schema(connection, public, fresh_session=in_worker)
         else:

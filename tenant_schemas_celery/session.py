@@ -13,15 +13,25 @@ Nothing a previous task body did to its database session is trusted:
   them before every schema of ``search_path``): in a worker, such a session is closed and
   the statement runs again on a new one, so a temporary table a previous task created
   (say, ``notes_note`` filled with another tenant's rows) is never seen.
+
+In a worker the proof also takes the place of django-tenants' own ``SET search_path``
+at the next cursor (``mark_proven``): without ``TENANT_LIMIT_SET_CALLS`` django-tenants
+sends one at every cursor, and the first one after the proof would only set again the
+path the proof has just set. Every later cursor gets django-tenants' ``SET`` as before.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db.backends import utils as backend_utils
+from django.db.backends.base.base import BaseDatabaseWrapper
 
+from . import internals
 from .exceptions import TenantSchemaMissing
 
 logger = logging.getLogger(__name__)
@@ -98,21 +108,47 @@ def proof_parameters(paths: list[str], schema_name: str) -> tuple[str, str]:
 def run_statement(connection: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     """Run ``sql`` on a cursor that bypasses django-tenants' ``SET search_path``; fetch all.
 
-    The cursor is Django's (execute wrappers and query logging see the statement), made as
-    Django's own cursors are: after ``CONN_HEALTH_CHECKS``' check, when it is due.
+    The cursor is made as Django's own cursors are: after ``CONN_HEALTH_CHECKS``' check,
+    when it is due, and with Django's error translation. It is Django's cursor wrapper
+    whenever anything can observe the statement there (``observed``: query logging, an
+    execute wrapper, a replaced ``CursorWrapper.execute``); otherwise the wrapper would
+    only add its own cost, so the driver's cursor runs the same statement.
     """
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        raw = connection.create_cursor()
-        logged = connection.queries_logged
-        cursor = connection.make_debug_cursor(raw) if logged else connection.make_cursor(raw)
+        cursor = connection.create_cursor()
+        if observed(connection):
+            wrap = connection.make_debug_cursor if connection.queries_logged else None
+            cursor = (wrap or connection.make_cursor)(cursor)
+        else:
+            connection.validate_no_broken_transaction()  # what the wrapper checks first
         try:
             cursor.execute(sql, params)
             rows: list[tuple[Any, ...]] = cursor.fetchall()
             return rows
         finally:
             cursor.close()
+
+
+#: Where Django's ``CursorWrapper`` is defined: a replaced ``execute`` is defined elsewhere.
+_CURSOR_WRAPPER_FILE = backend_utils.CursorWrapper.callproc.__code__.co_filename
+
+
+def observed(connection: Any) -> bool:
+    """Return True if something sees the statements of ``connection``'s cursor wrapper.
+
+    That is query logging (``DEBUG``, ``CaptureQueriesContext``), an execute wrapper
+    (``connection.execute_wrapper``), or a ``CursorWrapper.execute`` or ``make_cursor``
+    that is not Django's own (monitoring libraries such as Sentry's replace ``execute``).
+    """
+    if connection.queries_logged or connection.execute_wrappers:
+        return True
+    execute = getattr(backend_utils.CursorWrapper.execute, "__code__", None)
+    if execute is None or execute.co_filename != _CURSOR_WRAPPER_FILE:
+        return True
+    make_cursor = getattr(connection.make_cursor, "__func__", None)
+    return make_cursor is not BaseDatabaseWrapper.make_cursor
 
 
 def run_proof(
@@ -138,23 +174,24 @@ def prove_schema(connection: Any, public: str, fresh_session: bool = False) -> N
     """Set the connection's ``search_path`` to its tenant and prove the schema is migrated.
 
     One statement (``PROVE_SQL``, see ``run_proof``); django-tenants is then told the path
-    is set (``TENANT_LIMIT_SET_CALLS`` sends no other). Public needs no proof: its path is
-    reset at the next query instead.
+    is set (``mark_proven``: with ``TENANT_LIMIT_SET_CALLS`` it sends no other, and in a
+    worker its next cursor sends none either). Public needs no proof: its path is reset
+    at the next query instead.
 
     Raises:
         TenantSchemaMissing: the schema does not exist or has no ``django_migrations``.
     """
     schema_name = connection.schema_name
     if schema_name == public:
-        connection.search_path_set_schemas = None
+        forget_search_path(connection)
         return
     paths = search_path(connection, public)
     params = proof_parameters(paths, schema_name)
     ((_, migrated),) = run_proof(connection, PROVE_SQL, params, fresh_session)
     if not migrated:
-        connection.search_path_set_schemas = None
+        forget_search_path(connection)
         raise TenantSchemaMissing(schema_name)
-    connection.search_path_set_schemas = paths
+    mark_proven(connection, paths, fresh_session)
 
 
 def quote_identifier(name: str) -> str:
@@ -165,3 +202,57 @@ def quote_identifier(name: str) -> str:
 def forget_search_path(connection: Any) -> None:
     """Make django-tenants send ``SET search_path`` again before the connection's next query."""
     connection.search_path_set_schemas = None
+    connection.__dict__.pop(_PROVEN_ATTR, None)
+
+
+#: Connection attribute: the ``search_path_set_schemas`` list a proof set, until a cursor.
+_PROVEN_ATTR = "_tenant_schemas_celery_proven_path"
+
+
+def mark_proven(connection: Any, paths: list[str], replaces_next_set: bool) -> None:
+    """Tell django-tenants that a proof set the connection's path to ``paths`` just now.
+
+    With ``replaces_next_set`` (a worker task, whose session ``enter`` settled), the next
+    cursor of the connection sends no ``SET search_path``: nothing went through Django
+    on the connection since the proof. The mark is the very list the proof stored, so
+    whatever makes django-tenants forget the path (a switch, ``close``, ``rollback``, a
+    savepoint's rollback, its own ``SET``) replaces that list and the ``SET`` is sent.
+    Code that uses the DB-API connection itself (``connection.connection``) bypasses
+    django-tenants and this mark alike. django-tenants before 4.0 has no hook to take the
+    place of (``internals.search_path_hook``): its ``SET`` is sent as before.
+    """
+    connection.search_path_set_schemas = paths
+    if replaces_next_set and _SkipOnce.install(connection):
+        connection.__dict__[_PROVEN_ATTR] = paths
+    else:
+        connection.__dict__.pop(_PROVEN_ATTR, None)
+
+
+class _SkipOnce:
+    """A connection's ``_handle_search_path``: no ``SET`` at the first cursor after a proof."""
+
+    __slots__ = ("_connection", "_original")
+
+    def __init__(self, connection: Any, original: Callable[..., Any]) -> None:
+        self._connection = weakref.ref(connection)
+        self._original = original
+
+    @classmethod
+    def install(cls, connection: Any) -> bool:
+        """Install it on ``connection``; False if django-tenants has no such hook (before 4)."""
+        if type(internals.installed_search_path_hook(connection)) is cls:
+            return True
+        original = internals.search_path_hook(connection)
+        if original is None:
+            return False
+        internals.install_search_path_hook(connection, cls(connection, original))
+        return True
+
+    def __call__(self, cursor: Any = None) -> None:
+        connection = self._connection()
+        if connection is None:  # pragma: no cover - the connection owns this object
+            return
+        proven = connection.__dict__.pop(_PROVEN_ATTR, None)
+        if proven is not None and proven is connection.search_path_set_schemas:
+            return
+        self._original(connection, cursor)
