@@ -13,7 +13,7 @@ import logging
 import mmap
 from typing import Any
 
-from celery import current_app
+from celery.app import app_or_default
 from celery.worker.control import control_command
 
 from .cache import tenant_cache
@@ -47,7 +47,7 @@ def catch_up() -> None:
 
 def forget_everywhere(schema_name: str) -> None:
     """Broadcast ``FORGET_COMMAND`` for ``schema_name``; log, never raise, on failure."""
-    app = current_app._get_current_object()
+    app = app_or_default()
     if app_setting(app, "task_tenant_cache_broadcast") is False:
         return
     try:
