@@ -17,6 +17,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db import connection
 from django_tenants.utils import schema_context
 
+from tenant_schemas_celery.app import CeleryApp
 from tenant_schemas_celery.exceptions import TenantNotFound
 from tenant_schemas_celery.task import TenantTask, make_tenant_aware, tenant_aware_class
 from tests.project.celery import app
@@ -70,22 +71,26 @@ def test_every_kind_of_run_is_guarded(tenants, kind):
 
 
 @pytest.fixture
-def plain_app() -> Iterator[Celery]:
+def apps() -> Iterator[tuple[Celery, CeleryApp]]:
+    """A plain Celery app and a tenant-aware one."""
     plain = Celery("task-tests-plain", set_as_current=False)
-    yield plain
+    tenant_aware = CeleryApp("task-tests-tenant", set_as_current=False)
+    yield plain, tenant_aware
     plain.close()
+    tenant_aware.close()
 
 
-def test_a_task_made_tenant_aware_after_autoretry_wrapped_it_is_guarded(tenants, plain_app):
-    # Given a task of a plain app whose run autoretry already wrapped
-    @plain_app.task(shared=False, name="task_tests.recorded", autoretry_for=(KeyError,))
+def test_a_task_autoretry_wrapped_then_registered_in_a_celery_app_is_guarded(tenants, apps):
+    # Given a task of a plain app, whose run autoretry already wrapped
+    plain, tenant_aware = apps
+
+    @plain.task(shared=False, name="task_tests.recorded", autoretry_for=(KeyError,))
     def body() -> str:
         ran.append(connection.schema_name)
         return connection.schema_name
 
-    recorded = plain_app.tasks["task_tests.recorded"]  # the task itself, not the lazy proxy
-    # When it is made tenant-aware in place
-    assert make_tenant_aware(recorded) is recorded
+    # When it is registered in a CeleryApp, which makes it tenant-aware in place
+    recorded = tenant_aware.register_task(plain.tasks["task_tests.recorded"])
     assert isinstance(recorded, TenantTask)
     # Then a failed activation stops its body, and it runs in its tenant otherwise
     refused = recorded.apply(headers={"_schema_name": "nobody"})
