@@ -298,7 +298,7 @@ def measure_count(tenants: int, task_every: int) -> dict[str, Result]:
     assert "edited" in scheduler.schedule[f"job@{edited}"].kwargs
 
     def full_reload() -> None:
-        scheduler._last_full_read = -float("inf")  # a full read is due (full_read_interval)
+        scheduler.change_check.force_full_read()  # a full read is due (full_read_interval)
         scheduler.schedule  # noqa: B018
 
     results["full reload"] = measure(full_reload)

@@ -31,6 +31,7 @@ from django_celery_beat.models import (
 from django_tenants.utils import schema_context
 
 from tenant_schemas_celery._sql import quote_ident
+from tenant_schemas_celery.scheduler import TenantAwareScheduler
 from tests.project.celery import app
 from tests.project.customers.models import Client
 
@@ -66,6 +67,19 @@ def drain(queue: str) -> list[dict[str, Any]]:
         named = {} if row is None else {"periodic_task_name": row}
         messages.append({**named, **message["headers"], "args": args, "kwargs": kwargs})
     return messages
+
+
+def entry(queue: str, **fields: Any) -> dict[str, Any]:
+    """A ``beat_schedule`` item: ``TASK`` every hour, sent to ``queue``, with ``fields``."""
+    return {"task": TASK, "schedule": 3600, "options": {"queue": queue}, **fields}
+
+
+def due_scheduler(schedule: dict[str, Any], cls: type = TenantAwareScheduler, **kwargs: Any) -> Any:
+    """A scheduler ``cls(app=app, **kwargs)`` of ``schedule`` (``beat_schedule``), all of it due."""
+    with beat_schedule(schedule):
+        scheduler = cls(app=app, **kwargs)
+    make_due(scheduler)
+    return scheduler
 
 
 def schemas_of(messages: list[dict[str, Any]]) -> list[str]:

@@ -37,7 +37,8 @@ from django_tenants.utils import schema_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler, update_row
+from tenant_schemas_celery.beat_sql import update_row
+from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
 from tenant_schemas_celery.exceptions import InvalidSchemaName, TenantConfigurationError
 from tenant_schemas_celery.resolution import validate_schema_name
 from tenant_schemas_celery.scheduler import TenantAwarePersistentScheduler, TenantAwareScheduler

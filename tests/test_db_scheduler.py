@@ -17,13 +17,13 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask, PeriodicTasks
 from django_tenants.utils import schema_context
 
-from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler, row_targets
-from tenant_schemas_celery.exceptions import TenantConfigurationError
+from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
 from tests.beat_helpers import (
     TASK,
     add_task,
     beat_schedule,
     drain,
+    entry,
     every_tenant,
     flush_stats,
     make_due,
@@ -123,20 +123,6 @@ def test_public_rows_may_target_a_schema_or_every_tenant_with_spread(
     assert all("_all_tenants_only" not in m for m in messages)
 
 
-def test_the_all_tenants_header_is_true_or_false() -> None:
-    assert row_targets("public", {"_all_tenants_only": True}) == (None, 0.0)
-    assert row_targets("public", {"_all_tenants_only": " TRUE"}) == (None, 0.0)
-    # A string a person typed in the admin means what it says
-    assert row_targets("public", {"_all_tenants_only": "false"}) == (("public",), 0.0)
-    assert row_targets("public", {"_all_tenants_only": None}) == (("public",), 0.0)
-    with pytest.raises(
-        TenantConfigurationError, match="_all_tenants_only header must be true or false, got 'no'"
-    ):
-        row_targets("public", {"_all_tenants_only": "no"})
-    # A tenant's row stays in its tenant, whatever its headers say
-    assert row_targets("tenant1", {"_all_tenants_only": "no"}) == (("tenant1",), 0.0)
-
-
 def test_a_reload_does_not_send_again_what_already_ran(beat_queue: str, started: Any) -> None:
     add_task("tenant1", "job@tenant1", queue=beat_queue)
     scheduler = started()
@@ -206,14 +192,7 @@ def test_run_count_is_saved_in_the_rows_schema_only(beat_queue: str, started: An
 
 
 def test_static_entry_saves_its_runs_on_its_own_public_row(beat_queue: str, started: Any) -> None:
-    schedule = {
-        "static": {
-            "task": TASK,
-            "schedule": 3600,
-            "options": {"queue": beat_queue},
-            "tenant_schemas": ["tenant1"],
-        }
-    }
+    schedule = {"static": entry(beat_queue, tenant_schemas=["tenant1"])}
     scheduler = started(schedule)
     static = row("public", "static@tenant1")
     assert json.loads(static.headers) == {"_schema_name": "tenant1"}
@@ -228,13 +207,10 @@ def test_static_entry_saves_its_runs_on_its_own_public_row(beat_queue: str, star
 
 
 def test_static_entries_honour_tenant_schemas(beat_queue: str, started: Any) -> None:
-    def static(**fields: Any) -> dict[str, Any]:
-        return {"task": TASK, "schedule": 3600, "options": {"queue": beat_queue}, **fields}
-
     schedule = {
-        "everyone": static(),
-        "listed": static(tenant_schemas=["public", "tenant2"]),
-        "spread": static(tenant_schemas=["tenant1"], tenant_spread_seconds=30),
+        "everyone": entry(beat_queue),
+        "listed": entry(beat_queue, tenant_schemas=["public", "tenant2"]),
+        "spread": entry(beat_queue, tenant_schemas=["tenant1"], tenant_spread_seconds=30),
     }
     scheduler = started(schedule)
     assert names(scheduler) == [
@@ -540,7 +516,7 @@ def test_statements_do_not_grow_with_tenants(beat_queue: str, started: Any) -> N
             scheduler.read_connections = 1  # all statements on the connection counted here
             # A full read: a fixed number (one finding the empty task tables, which are not
             # read), plus 2 per batch of 10 schemas with rows
-            scheduler._last_full_read = -float("inf")  # a full read is due
+            scheduler.change_check.force_full_read()  # a full read is due
             full = statements(lambda scheduler=scheduler: scheduler.schedule)
             check = statements(lambda scheduler=scheduler: scheduler.schedule)
             with schema_context(names[0]):
