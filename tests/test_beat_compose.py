@@ -31,6 +31,8 @@ from tests.beat_helpers import (
     beat_schedule,
     broker,
     drain,
+    due_scheduler,
+    entry,
     every_tenant,
     flush_stats,
     make_due,
@@ -41,10 +43,6 @@ from tests.beat_helpers import (
 from tests.project.celery import app
 
 pytestmark = pytest.mark.usefixtures("beat_db")
-
-
-def entry(queue: str, **fields: Any) -> dict[str, Any]:
-    return {"task": TASK, "schedule": 3600, "options": {"queue": queue}, **fields}
 
 
 def recording(cls: type) -> type:
@@ -80,9 +78,9 @@ def test_every_message_goes_through_apply_async_in_its_schema(
         "all": entry(beat_queue),
         "listed": entry(beat_queue, tenant_schemas=["public", "tenant2"]),
     }
-    with beat_schedule(schedule):
-        scheduler = recording(cls)(app=app, schedule_filename=str(tmp_path / "schedule"))
-    make_due(scheduler)
+    scheduler = due_scheduler(
+        schedule, recording(cls), schedule_filename=str(tmp_path / "schedule")
+    )
     connection.set_schema_to_public()
     run_due(scheduler)
     scheduler.close()
@@ -163,9 +161,7 @@ def test_the_scheduler_syncs_after_a_fan_out_in_the_schema_active_before(
         def sync(self) -> None:
             self.synced_in = [*getattr(self, "synced_in", []), connection.schema_name]
 
-    with beat_schedule({"all": entry(beat_queue)}):
-        scheduler = Syncing(app=app)
-    make_due(scheduler)
+    scheduler = due_scheduler({"all": entry(beat_queue)}, Syncing)
     connection.set_schema_to_public()
     scheduler.synced_in = []
     run_due(scheduler)

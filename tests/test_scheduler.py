@@ -27,6 +27,8 @@ from tests.beat_helpers import (
     beat_schedule,
     drain,
     drop_sql_tenants,
+    due_scheduler,
+    entry,
     every_tenant,
     make_due,
     run_due,
@@ -37,17 +39,6 @@ from tests.beat_helpers import (
 from tests.project.celery import app
 
 pytestmark = pytest.mark.usefixtures("beat_db")
-
-
-def entry(queue: str, **fields: Any) -> dict[str, Any]:
-    return {"task": TASK, "schedule": 3600, "options": {"queue": queue}, **fields}
-
-
-def started(schedule: dict[str, Any], cls: type = TenantAwareScheduler, **kwargs: Any) -> Any:
-    with beat_schedule(schedule):
-        scheduler = cls(app=app, **kwargs)
-    make_due(scheduler)
-    return scheduler
 
 
 # Entry names and validation --------------------------------------------------------------
@@ -123,7 +114,7 @@ def test_a_bad_entry_is_logged_and_the_others_are_kept(beat_queue: str, caplog: 
         "good": entry(beat_queue, tenant_schemas=["public"]),
     }
     # When beat starts, then it does not fail and schedules the good entry only
-    scheduler = started(schedule)
+    scheduler = due_scheduler(schedule)
     assert "good@public" in scheduler.schedule
     assert not [name for name in scheduler.schedule if name.startswith("bad")]
     assert "beat: Ignoring schedule entry 'bad': tenant_schemas holds \"no'quote\", not a " in (
@@ -141,7 +132,7 @@ def test_a_bad_entry_is_logged_and_the_others_are_kept(beat_queue: str, caplog: 
 def test_errors_name_the_entry_and_the_option(
     beat_queue: str, caplog: Any, fields: dict[str, Any], error: str
 ) -> None:
-    scheduler = started({"bad": entry(beat_queue, **fields)})
+    scheduler = due_scheduler({"bad": entry(beat_queue, **fields)})
     run_due(scheduler)
     assert drain(beat_queue) == []
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -154,7 +145,7 @@ def test_errors_name_the_entry_and_the_option(
 
 
 def test_entry_without_tenant_schemas_runs_in_every_tenant(beat_queue: str) -> None:
-    scheduler = started({"job": entry(beat_queue)})
+    scheduler = due_scheduler({"job": entry(beat_queue)})
     run_due(scheduler)
     messages = drain(beat_queue)
     assert schemas_of(messages) == every_tenant()
@@ -164,7 +155,7 @@ def test_entry_without_tenant_schemas_runs_in_every_tenant(beat_queue: str) -> N
 
 def test_tenant_schemas_entry_runs_in_those_schemas_public_included(beat_queue: str) -> None:
     # There is no Client row for the public schema: public is a valid target anyway.
-    scheduler = started({"job": entry(beat_queue, tenant_schemas=["public", "tenant2"])})
+    scheduler = due_scheduler({"job": entry(beat_queue, tenant_schemas=["public", "tenant2"])})
     run_due(scheduler)
     assert schemas_of(drain(beat_queue)) == ["public", "tenant2"]
 
@@ -180,7 +171,7 @@ def test_readme_readiness_example(beat_queue: str) -> None:
         "all": entry(beat_queue),
         "listed": entry(beat_queue, tenant_schemas=["public", "tenant1", "tenant2"]),
     }
-    scheduler = started(schedule, MyTenantAwareScheduler)
+    scheduler = due_scheduler(schedule, MyTenantAwareScheduler)
     run_due(scheduler)
     assert schemas_of(drain(beat_queue)) == ["public", "tenant1", "tenant1"]
 
@@ -190,7 +181,7 @@ def test_tenant_without_a_schema_yet_is_skipped_and_logged_once(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="celery.beat")
     with sql_tenants("unmigrated", schema=False):
-        scheduler = started({"job": entry(beat_queue)})
+        scheduler = due_scheduler({"job": entry(beat_queue)})
         run_due(scheduler)
         make_due(scheduler)
         run_due(scheduler)
@@ -202,7 +193,7 @@ def test_tenant_without_a_schema_yet_is_skipped_and_logged_once(
 
 def test_tenants_created_and_deleted_while_running_are_picked_up(beat_queue: str) -> None:
     tenants = every_tenant()
-    scheduler = started({"job": entry(beat_queue)})
+    scheduler = due_scheduler({"job": entry(beat_queue)})
     run_due(scheduler)
     assert schemas_of(drain(beat_queue)) == tenants
     # When a tenant is created, it gets the next due run
@@ -217,7 +208,7 @@ def test_tenants_created_and_deleted_while_running_are_picked_up(beat_queue: str
 
 
 def test_spread_gives_each_tenant_a_stable_offset(beat_queue: str) -> None:
-    scheduler = started({"job": entry(beat_queue, tenant_spread_seconds=300)})
+    scheduler = due_scheduler({"job": entry(beat_queue, tenant_spread_seconds=300)})
     etas = []
     for _ in range(2):
         before = timezone.now()
@@ -240,7 +231,7 @@ def test_entries_of_other_classes_go_to_their_schema_header(beat_queue: str) -> 
         options={"queue": beat_queue, "headers": {"_schema_name": "tenant1"}},
         app=app,
     )
-    scheduler = started({"plain": plain})
+    scheduler = due_scheduler({"plain": plain})
     run_due(scheduler)
     assert schemas_of(drain(beat_queue)) == ["tenant1"]
 
@@ -251,7 +242,7 @@ def test_failing_entry_is_logged_and_the_others_are_sent(beat_queue: str, caplog
         "broken": entry(beat_queue, args=[object()], tenant_schemas=["tenant1"]),
         "fine": entry(beat_queue, tenant_schemas=["tenant2"]),
     }
-    scheduler = started(schedule)
+    scheduler = due_scheduler(schedule)
     run_due(scheduler)
     assert schemas_of(drain(beat_queue)) == ["tenant2"]
     assert "beat: Sending 'broken@tenant1'" in caplog.text
@@ -259,7 +250,7 @@ def test_failing_entry_is_logged_and_the_others_are_sent(beat_queue: str, caplog
 
 def test_fan_out_queries_do_not_grow_with_tenants(beat_queue: str) -> None:
     tenants = len(every_tenant())
-    scheduler = started({"job": entry(beat_queue)})
+    scheduler = due_scheduler({"job": entry(beat_queue)})
     few = statements(lambda: run_due(scheduler))
     with sql_tenants(*(f"many{index:02d}" for index in range(20))):
         make_due(scheduler)
@@ -279,7 +270,7 @@ def test_persistent_schedule_survives_restarts_and_config_changes(
         "job": entry(beat_queue, tenant_schemas=["tenant1"]),
         "gone": entry(beat_queue, tenant_schemas=["tenant2"]),
     }
-    first = started(schedule, TenantAwarePersistentScheduler, schedule_filename=filename)
+    first = due_scheduler(schedule, TenantAwarePersistentScheduler, schedule_filename=filename)
     run_due(first)
     ran_at = first.schedule["job@tenant1"].last_run_at
     first.close()
@@ -311,7 +302,7 @@ def test_entries_pickled_by_older_versions_still_load(beat_queue: str, tmp_path:
     # Given a schedule file written by the PyPI package: same class path, Celery's 8
     # pickled fields (older releases added tenant_schemas as a 9th), its old marker header
     filename = str(tmp_path / "schedule")
-    started(
+    due_scheduler(
         {"job": entry(beat_queue)}, TenantAwarePersistentScheduler, schedule_filename=filename
     ).close()
     old = ScheduleEntry(
