@@ -19,7 +19,7 @@ MATRIX = {
     "oldest": (  # kombu: the oldest that Celery 5.4.0 accepts
         "3.9",
         ["celery[redis]==5.4.0", "kombu==5.3.4", "Django==4.2.*", "django-tenants==3.6.0",
-         "django-celery-beat==2.6.0"],
+         "django-celery-beat==2.6.0", "sentry-sdk==2.0.0"],
     ),
     "django42-newest-celery": (
         "3.12",

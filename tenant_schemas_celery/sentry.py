@@ -1,7 +1,8 @@
 """Sentry: tag the events of a task with its tenant's schema, when sentry_sdk is set up.
 
-On by default when ``sentry_sdk`` is installed and initialised; set the Celery setting
-``task_tenant_sentry_tag = False`` (``CELERY_TASK_TENANT_SENTRY_TAG``) to turn it off.
+On by default when ``sentry_sdk`` (2.0 or later) is installed and initialised; set the
+Celery setting ``task_tenant_sentry_tag = False`` (``CELERY_TASK_TENANT_SENTRY_TAG``) to
+turn it off.
 """
 
 from __future__ import annotations
@@ -28,14 +29,21 @@ def tag_events(task: Any, schema_name: str | None) -> str | None:
     Does nothing, and returns ``NOT_TAGGED``, unless sentry_sdk is initialised and
     the ``task_tenant_sentry_tag`` setting is not False.
     """
-    if sentry_sdk is None or not sentry_sdk.is_initialized():
+    if sentry_sdk is None or not _initialized():
         return NOT_TAGGED
     if app_setting(task.app, "task_tenant_sentry_tag") is False:
         return NOT_TAGGED
-    scope = sentry_sdk.get_isolation_scope()
+    # Scope.get_isolation_scope, not sentry_sdk.get_isolation_scope: 2.0-2.11 lack the latter.
+    scope = sentry_sdk.Scope.get_isolation_scope()
     previous: str | None = scope_tag(scope, SENTRY_TAG)
     if schema_name is None:
         scope.remove_tag(SENTRY_TAG)
     else:
         scope.set_tag(SENTRY_TAG, schema_name)
     return previous
+
+
+def _initialized() -> bool:
+    """Whether sentry_sdk is set up; always False before 2.0 (no isolation scopes)."""
+    is_initialized = getattr(sentry_sdk, "is_initialized", None)
+    return is_initialized is not None and bool(is_initialized())
