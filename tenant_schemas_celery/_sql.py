@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from django.core.exceptions import EmptyResultSet
 from django.db import DatabaseError, InterfaceError, connections
 
 _T = TypeVar("_T")
@@ -74,9 +75,16 @@ def batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
 def queryset_sql(
     queryset: Any, field: str, using: str | None = None
 ) -> tuple[str, tuple[Any, ...]]:
-    """Return the SQL and parameters selecting ``field`` of ``queryset``, for a subquery."""
+    """Return the SQL and parameters selecting ``field`` of ``queryset``, for a subquery.
+
+    A queryset Django knows to be empty (``none()``, ``filter(x__in=[])``) has no SQL:
+    a subquery selecting no row stands for it.
+    """
     query = queryset.values_list(field, flat=True).query
-    sql, params = query.get_compiler(using or queryset.db).as_sql()
+    try:
+        sql, params = query.get_compiler(using or queryset.db).as_sql()
+    except EmptyResultSet:
+        return "SELECT NULL::text WHERE false", ()
     return sql, tuple(params)
 
 

@@ -147,3 +147,13 @@ def test_closing_on_error_keeps_the_connection_otherwise(tenants: Any) -> None:
         raise ValueError("not a database error")
     assert untouched.connection is not None
     assert untouched.is_usable()
+
+
+def test_an_empty_queryset_is_a_subquery_of_no_row(tenants: Any) -> None:
+    # Django compiles no SQL for these (EmptyResultSet): beat must read them as no tenant
+    for empty in (Client.objects.none(), Client.objects.filter(schema_name__in=[])):
+        assert tenant_schemas_existing(empty) == []
+        sql, params = queryset_sql(empty, "schema_name")
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM ({sql}) AS q(name)", params)
+            assert cursor.fetchone() == (0,)

@@ -146,3 +146,9 @@ def test_once_log_reports_again_after_recovery(caplog: Any) -> None:
     log.update([], ["a"])
     log.update(["a"], ["a"])
     assert [record.getMessage() for record in caplog.records] == ["beat: 'a'", "beat: 'a'"]
+
+
+def test_an_empty_queryset_means_no_tenant_and_public_still_goes() -> None:
+    targets = TenantTargets(lambda: tenant_queryset().filter(schema_name__in=[]))
+    assert targets.resolve(None) == []
+    assert targets.resolve(["public", "tenant1"]) == ["public"]
