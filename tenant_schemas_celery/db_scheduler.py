@@ -54,6 +54,13 @@ from .beat_sql import (
 )
 from .change_check import ChangeCheck, PendingReload, Signature
 from .conf import public_schema_name
+from .internals import (
+    dirty_entry_names,
+    invalidate_heap,
+    scheduler_entries,
+    set_scheduler_entries,
+    take_heap_invalidated,
+)
 from .model_entry import TenantAwareModelEntry, row_values
 from .scheduler import TenantAwareSchedulerMixin, logger
 from .schema_entries import SchemaEntries
@@ -107,7 +114,6 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
     check_interval = 5.0
     read_connections = 2
     full_read_interval = 300.0
-    _heap_invalidated: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.change_check = ChangeCheck()
@@ -156,10 +162,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
     def schedules_equal(self, *args: Any, **kwargs: Any) -> bool:
         # The schedule only changes through a reload, which invalidates the heap:
         # comparing every entry at every tick (Celery's way) is O(entries) per tick.
-        if self._heap_invalidated:
-            self._heap_invalidated = False
-            return False
-        return True
+        return not take_heap_invalidated(self)
 
     def reserve(self, entry: Any) -> Any:
         """Advance ``entry`` to its next run, and keep that new entry in the schedule.
@@ -169,8 +172,9 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         and a heap rebuilt from a stale entry would send it again.
         """
         new_entry = super().reserve(entry)
-        if self._schedule.get(new_entry.name) is entry:
-            self._schedule[new_entry.name] = new_entry
+        entries = scheduler_entries(self) or {}
+        if entries.get(new_entry.name) is entry:
+            entries[new_entry.name] = new_entry
         self.schema_entries.replace(entry, new_entry)
         return new_entry
 
@@ -180,8 +184,8 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             self.schedule  # noqa: B018 -- the first read must come before the new rows
         entries = self.Entry.from_schedule(mapping, app=self.app)
         self.schema_entries.add(public_schema_name(), entries)
-        self._schedule = self.schema_entries.merge()
-        self._heap_invalidated = True
+        set_scheduler_entries(self, self.schema_entries.merge())
+        invalidate_heap(self)
 
     def schedule_changed(self) -> bool:
         """Return whether rows changed in some schema, or a schema came or went.
@@ -240,15 +244,16 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         Unlike django-celery-beat's, it does not close the connection (see
         ``closing_on_error``); a save that fails is tried again at the next sync.
         """
+        dirty, entries = dirty_entry_names(self), scheduler_entries(self) or {}
         saving = None
         with logged_database_errors(*_SAVE_ERRORS) as attempt, closing_on_error(self._connection()):
-            while self._dirty:
-                saving = self._dirty.pop()
-                entry = (self._schedule or {}).get(saving)
+            while dirty:
+                saving = dirty.pop()
+                entry = entries.get(saving)
                 if entry is not None:
                     entry.save()
         if attempt.failed and saving is not None:
-            self._dirty.add(saving)  # tried again at the next sync
+            dirty.add(saving)  # tried again at the next sync
 
     def close(self) -> None:
         """Save, release the broker connection, and close the reading connections."""

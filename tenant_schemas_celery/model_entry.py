@@ -20,6 +20,7 @@ from django_celery_beat.utils import NEVER_CHECK_TIMEOUT
 from .beat_sql import SCHEDULE_MODELS, schema_of, update_row
 from .capture import ALL_TENANTS_HEADER, SCHEMA_HEADER, SPREAD_HEADER, entry_headers
 from .conf import public_schema_name
+from .internals import model_entry_now
 from .resolution import header_flag, validate_schema_name
 from .scheduler import expand_entry, logger
 from .spread import validate_spread
@@ -110,7 +111,7 @@ class TenantAwareModelEntry(ModelEntry):
             self._write({"enabled": False, "total_run_count": 0, "last_run_at": None}, True)
             return schedules.schedstate(False, NEVER_CHECK_TIMEOUT)
         state = super().is_due()
-        if state.is_due and model.expires is not None and self._default_now() >= model.expires:
+        if state.is_due and model.expires is not None and model_entry_now(self) >= model.expires:
             self._disable(model)
             return schedules.schedstate(False, NEVER_CHECK_TIMEOUT)
         return state
