@@ -16,7 +16,7 @@ from . import activation, conf
 from . import inspection as _inspection  # noqa: F401  (registers inspect commands)
 from .cache import SimpleCache, tenant_cache
 from .canvas import stamp_carried, stamped_list
-from .capture import current_schema_name, headers_with_schema
+from .capture import current_schema_name, headers_carrying, headers_with_schema
 from .dispatch import send_to_tenants
 from .resolution import DEFAULT_LOOKUP_ATTR, cached_tenant
 
@@ -94,12 +94,14 @@ class TenantTask(DjangoTask):
         Signatures the message carries (``link``, ``link_error``, the rest of a chain,
         a chord's body) are stamped with the active schema too, unless they name one.
         """
-        options["headers"] = headers_with_schema(options.get("headers"))
         if link or link_error or options.get("chain") or options.get("chord"):
             active = current_schema_name()
+            options["headers"] = headers_carrying(options.get("headers"), active)
             link = stamped_list(link, active) if link else link
             link_error = stamped_list(link_error, active) if link_error else link_error
             stamp_carried(options, active)
+        else:
+            options["headers"] = headers_with_schema(options.get("headers"))
         return super().apply_async(
             args,
             kwargs,
@@ -244,7 +246,13 @@ _variants: WeakKeyDictionary[type, type] = WeakKeyDictionary()
 
 
 def tenant_aware_class(base: type[_TaskT]) -> type[_TaskT]:
-    """Return ``base`` if it is a ``TenantTask``, else a ``TenantTask`` subclass of it."""
+    """Return ``base`` if it is a ``TenantTask``, else a ``TenantTask`` subclass of it.
+
+    ``base`` comes first in the subclass's bases, so what it defines (its app, its
+    ``tenant_databases``, an override of ``get_tenant_for_schema``) wins over
+    ``TenantTask``'s defaults, and its own ``apply_async`` reaches ``TenantTask``'s
+    through ``super()``.
+    """
     if issubclass(base, TenantTask):
         return base
     variant = _variants.get(base)
@@ -254,7 +262,7 @@ def tenant_aware_class(base: type[_TaskT]) -> type[_TaskT]:
             "__qualname__": base.__qualname__,
             "__doc__": base.__doc__,
         }
-        variant = type(base.__name__, (TenantTask, base), namespace)
+        variant = type(base.__name__, (base, TenantTask), namespace)
         _variants[base] = variant
     return variant
 

@@ -168,3 +168,61 @@ def test_task_postrun_receivers_connected_after_tasks_ran_see_the_tenant(tenants
         task_postrun.disconnect(receiver)
     # Then it ran before the tenant was restored
     assert seen == ["tenant2"]
+
+
+# A custom base that is not a TenantTask ----------------------------------------------------
+
+
+class BothDatabasesBase(Task):
+    """A custom base (not a TenantTask) naming the aliases its tasks use."""
+
+    tenant_databases = ("default", "other")
+
+
+@app.task(base=BothDatabasesBase, shared=False, name="task_tests.both_databases_base")
+def other_alias_schema() -> str:
+    from django.db import connections
+
+    return connections["other"].schema_name
+
+
+class RefusingBase(Task):
+    """A custom base (not a TenantTask) whose lookup refuses every tenant (say, suspended)."""
+
+    @classmethod
+    def get_tenant_for_schema(cls, schema_name: str) -> None:
+        raise ObjectDoesNotExist(f"{schema_name} is suspended")
+
+
+@app.task(base=RefusingBase, shared=False, name="task_tests.refusing_base")
+def refused_schema() -> str:
+    return connection.schema_name
+
+
+def test_a_custom_bases_tenant_databases_win_over_tenant_tasks_default(tenants):
+    assert other_alias_schema.tenant_databases == ("default", "other")
+    with schema_context("tenant1"):
+        assert other_alias_schema.apply().get() == "tenant1"
+
+
+def test_a_custom_bases_lookup_decides(tenants):
+    with schema_context("tenant1"):
+        result = refused_schema.apply()
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, TenantNotFound)
+
+
+def test_a_task_made_tenant_aware_in_place_keeps_its_own_app():
+    plain_app = Celery("task-tests-plain", set_as_current=False)
+    TenantTask.get_tenant_databases()  # binds TenantTask itself to the current app
+
+    @plain_app.task(shared=False, name="task_tests.keeps_app")
+    def body() -> None:
+        return None
+
+    task = make_tenant_aware(plain_app.tasks["task_tests.keeps_app"])
+    try:
+        assert task.app is plain_app
+        assert task.apply().get() is None
+    finally:
+        plain_app.close()
