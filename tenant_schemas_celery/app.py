@@ -6,9 +6,9 @@ from typing import Any
 
 from celery import Celery
 
-from .canvas import CARRIED_OPTIONS, stamp_carried
-from .capture import current_schema_name, headers_with_schema
-from .task import make_tenant_aware, tenant_aware_class
+from .canvas import carries_signatures, stamp_carried
+from .capture import SCHEMA_HEADER, current_schema_name, headers_with_schema
+from .task import TenantTask, make_tenant_aware, tenant_aware_class
 
 
 class CeleryApp(Celery):
@@ -42,10 +42,17 @@ class CeleryApp(Celery):
         return super().register_task(make_tenant_aware(task), **options)
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        """Send a task by name, with the active schema in its ``_schema_name`` header."""
+        """Send a task by name, with the active schema in its ``_schema_name`` header.
+
+        A ``TenantTask``'s ``apply_async`` (Celery's passes itself as ``task_type``) has
+        put the header and stamped the signatures its message carries already: they are
+        passed on as they are.
+        """
+        if isinstance(options.get("task_type"), TenantTask):
+            return super().send_task(name, args, kwargs, **options)
         headers = options.get("headers")
-        if not headers or "_schema_name" not in headers:
+        if not headers or SCHEMA_HEADER not in headers:
             options["headers"] = headers_with_schema(headers)
-        if any(options.get(key) for key in CARRIED_OPTIONS):
+        if carries_signatures(options):
             stamp_carried(options, current_schema_name())
         return super().send_task(name, args, kwargs, **options)

@@ -23,6 +23,12 @@ from .capture import SCHEMA_HEADER
 CARRIED_OPTIONS = ("link", "link_error", "chain", "chord")
 
 
+def carries_signatures(options: Mapping[str, Any]) -> bool:
+    """Return True if ``options`` holds any of ``CARRIED_OPTIONS`` (a message's canvas)."""
+    get = options.get  # the keys spelled out: a generator over them costs more than the check
+    return bool(get("link") or get("link_error") or get("chain") or get("chord"))
+
+
 def stamp_carried(options: MutableMapping[str, Any], schema_name: str | None) -> None:
     """Replace the signatures of ``options`` by copies stamped with ``schema_name``."""
     if schema_name is None:

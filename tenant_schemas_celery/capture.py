@@ -52,6 +52,17 @@ def headers_with_schema(headers: Mapping[str, Any] | None = None) -> dict[str, A
     return new_headers
 
 
+def headers_carrying(headers: Mapping[str, Any] | None, schema_name: str | None) -> dict[str, Any]:
+    """Return ``headers_with_schema(headers)`` for ``schema_name``, already looked up.
+
+    For a caller that needs the active schema anyway (to stamp a canvas): one lookup.
+    """
+    new_headers = dict(headers) if headers else {}
+    if schema_name is not None and SCHEMA_HEADER not in new_headers:
+        new_headers[SCHEMA_HEADER] = schema_name
+    return new_headers
+
+
 def entry_headers(
     headers: Mapping[str, Any], schema_name: str | None, spread: float = 0.0
 ) -> dict[str, Any]:
