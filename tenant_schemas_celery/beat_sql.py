@@ -6,7 +6,8 @@ Functions over a Django cursor or connection, holding no state:
   their digest (``read_signatures``), whatever the number of tenants;
 * the reads: the enabled ``PeriodicTask`` rows of many schemas, one ``UNION ALL``
   statement per batch of schemas (``select_per_schema``), each row given its schedule
-  object read from its own schema (``read_enabled``);
+  object read from its own schema (``read_enabled``; ``read_enabled_on`` shares the
+  schemas among several connections, read in parallel);
 * the writes: a row's columns, in its own schema only (``update_row``);
 * how beat logs a database error and goes on (``logged_database_errors``).
 
