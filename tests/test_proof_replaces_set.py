@@ -22,7 +22,9 @@ from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import schema_context
 
 from tenant_schemas_celery import activation, session
+from tenant_schemas_celery.proven_lookup import fetch_proven_tenant
 from tests.project.celery import app
+from tests.project.customers.models import Client
 
 
 def body() -> str:
@@ -190,3 +192,19 @@ def test_an_observed_proof_goes_through_djangos_cursor_wrapper(tenants, monkeypa
         "SELECT set_config('search_path'",
         "replaced: SELECT set_config('search_path'",
     ]
+
+
+def test_only_the_fused_lookup_needs_djangos_time_zone_cursor(tenants, monkeypatch):
+    made: list[str] = []
+    original = connection.create_cursor
+
+    def recording(name: Any = None) -> Any:
+        made.append("cursor")
+        return original(name)
+
+    monkeypatch.setattr(connection, "create_cursor", recording)
+    connection.set_schema("tenant1")
+    session.prove_schema(connection, "public", fresh_session=True)  # text and booleans only
+    assert made == []
+    fetch_proven_tenant(Client, connection, "tenant1", "public")  # the tenant row's values
+    assert made == ["cursor"]
