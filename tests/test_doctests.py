@@ -13,7 +13,12 @@ import tenant_schemas_celery
 from tests.project.settings import BEAT
 
 #: Modules that import django-celery-beat (the "beat" extra).
-BEAT_MODULES = {"tenant_schemas_celery.db_scheduler"}
+#: The modules that import django-celery-beat (the "beat" extra).
+BEAT_MODULES = {
+    "tenant_schemas_celery.beat_sql",
+    "tenant_schemas_celery.db_scheduler",
+    "tenant_schemas_celery.model_entry",
+}
 MODULES = sorted(
     info.name
     for info in pkgutil.iter_modules(tenant_schemas_celery.__path__, "tenant_schemas_celery.")
