@@ -10,6 +10,7 @@ costs tens of microseconds, too much to pay on every task.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
@@ -159,3 +160,21 @@ def tenant_cache_seconds(task_or_cls: Any) -> float:
             f"{source} must be a number of seconds >= 0 (0 disables the cache), got {value!r}."
         )
     return value
+
+
+def beat_heartbeat_file(app: Celery) -> str | None:
+    """Return the file beat touches at every tick (``beat_tenant_heartbeat_file``), or None.
+
+    Raises:
+        TenantConfigurationError: the value is neither a path (``str``, ``os.PathLike``)
+            nor empty (bytes paths included).
+    """
+    value = app_setting(app, "beat_tenant_heartbeat_file")
+    if value is None or value == "":
+        return None
+    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TenantConfigurationError(
+            f"the beat_tenant_heartbeat_file setting must be a file path, got {value!r}."
+        )
+    return path

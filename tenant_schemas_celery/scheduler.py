@@ -27,9 +27,10 @@ from celery.utils.log import get_logger
 from kombu.utils.objects import cached_property
 
 from .capture import ALL_TENANTS_HEADER, SCHEMA_HEADER, SPREAD_HEADER, entry_headers
-from .conf import public_schema_name
+from .conf import beat_heartbeat_file, public_schema_name
 from .fanout import is_fanout_copy, send_to_schemas
 from .internals import sync_scheduler
+from .liveness import HeartbeatFile
 from .resolution import header_flag, validate_schema_list, validate_schema_name
 from .spread import validate_spread
 from .targets import TenantTargets, tenant_queryset
@@ -296,8 +297,17 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         self.apply_entry(entry, producer=producer)
         return None
 
+    @cached_property
+    def heartbeat_file(self) -> HeartbeatFile:
+        """The ``beat_tenant_heartbeat_file`` setting's file (read once), touched at every tick."""
+        return HeartbeatFile(beat_heartbeat_file(self.app))
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        """Run one beat iteration; tenants are read again once the loop goes to sleep."""
+        """Run one beat iteration; tenants are read again once the loop goes to sleep.
+
+        The heartbeat file is touched first (see ``liveness.HeartbeatFile``).
+        """
+        self.heartbeat_file.touch()
         delay: float = super().tick(*args, **kwargs)
         if delay:
             self.tenant_targets.forget()
@@ -335,7 +345,9 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
     def info(self) -> str:
         """Lines for the ``celery beat`` banner."""
         tenants = "    . tenants -> get_queryset(), schemas that exist only"
-        return "\n".join(line for line in (super().info, tenants) if line)
+        path = self.heartbeat_file.path
+        heartbeat = f"    . heartbeat -> {path}" if path is not None else ""
+        return "\n".join(line for line in (super().info, tenants, heartbeat) if line)
 
 
 class TenantAwareScheduler(TenantAwareSchedulerMixin, Scheduler):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from celery import Celery
 from django.test import override_settings
@@ -118,3 +120,40 @@ def test_namespaced_key_set_on_app_conf_is_found():
         assert task.get_tenant_databases() == ("default", "other")
     finally:
         app.close()
+
+
+# beat_tenant_heartbeat_file --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["beat_tenant_heartbeat_file", "BEAT_TENANT_HEARTBEAT_FILE"])
+def test_heartbeat_file_either_spelling(app, key):
+    assert conf.beat_heartbeat_file(app) is None
+    app.conf[key] = "/tmp/beat.heartbeat"
+    assert conf.beat_heartbeat_file(app) == "/tmp/beat.heartbeat"
+
+
+def test_heartbeat_file_a_path_object_or_empty(app):
+    app.conf.beat_tenant_heartbeat_file = Path("/tmp/beat.heartbeat")
+    assert conf.beat_heartbeat_file(app) == "/tmp/beat.heartbeat"
+    app.conf.beat_tenant_heartbeat_file = ""
+    assert conf.beat_heartbeat_file(app) is None
+
+
+def test_heartbeat_file_from_the_django_setting():
+    app = Celery("conf-heartbeat", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    try:
+        with override_settings(CELERY_BEAT_TENANT_HEARTBEAT_FILE="/run/beat.heartbeat"):
+            assert conf.beat_heartbeat_file(app) == "/run/beat.heartbeat"
+        assert conf.beat_heartbeat_file(app) is None
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("value", [5, True, b"/tmp/beat.heartbeat", ["/tmp/beat.heartbeat"]])
+def test_bad_heartbeat_file_is_named(app, value):
+    app.conf.beat_tenant_heartbeat_file = value
+    with pytest.raises(
+        TenantConfigurationError, match="the beat_tenant_heartbeat_file setting must be a file path"
+    ):
+        conf.beat_heartbeat_file(app)

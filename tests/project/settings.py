@@ -96,3 +96,5 @@ if os.environ.get("TSC_RESULTS_LAYOUT") in ("shared", "both", "tenant"):  # test
 if "TSC_CONN_MAX_AGE" in os.environ:  # tests/test_connections.py: persistent connections
     for _alias in DATABASES.values():
         _alias["CONN_MAX_AGE"] = int(os.environ["TSC_CONN_MAX_AGE"])
+if "TSC_BEAT_HEARTBEAT_FILE" in os.environ:  # tests/test_liveness.py: beat's heartbeat file
+    CELERY_BEAT_TENANT_HEARTBEAT_FILE = os.environ["TSC_BEAT_HEARTBEAT_FILE"]
