@@ -43,7 +43,8 @@ What the tests add to the README's text, and nothing else:
   (``myapp.tasks.*``, ``my_app.tasks.*``) are routed to the scratch queue;
 * the test project's tenant model has no ``ready`` flag: for the readiness example, the
   base queryset of the schedulers gets one as an annotation (only ``tenant2`` is ready);
-* the django-celery-beat example writes to a schema named ``tenant``: the test makes one.
+* the django-celery-beat example writes to a schema named ``tenant``: the test makes one;
+* the heartbeat check is run on a temporary file, in place of the path its settings name.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ from celery.utils.imports import symbol_by_name
 from django.conf import settings
 from django.db import connection
 from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_tenants.utils import schema_context
@@ -787,6 +789,59 @@ def test_database_scheduler_runs_each_schemas_rows_there(project: Project, beat_
         ("my_app.tasks.my_task", "public"),
         ("my_app.tasks.my_task", "tenant"),
     ]
+
+
+# Celery beat: liveness ------------------------------------------------------------------
+
+
+def heartbeat_settings() -> dict[str, Any]:
+    """The Django settings of the README's heartbeat example."""
+    namespace: dict[str, Any] = {}
+    run_python(block("beat-heartbeat-settings"), namespace)
+    return {name: value for name, value in namespace.items() if name.startswith("CELERY_")}
+
+
+@exercises("beat-heartbeat-settings")
+@pytest.mark.parametrize("scheduler_class", [TenantAwareScheduler, TenantAwareDatabaseScheduler])
+def test_heartbeat_settings_are_those_the_schedulers_read(scheduler_class: type) -> None:
+    # Given an app configured from the README's Django settings
+    values = heartbeat_settings()
+    app = CeleryApp("readme-heartbeat", set_as_current=False)
+    try:
+        with override_settings(**values):
+            app.config_from_object("django.conf:settings", namespace="CELERY")
+            scheduler = scheduler_class(app=app, lazy=True)
+            # Then beat touches that file, and sleeps at most that long between ticks
+            path = values["CELERY_BEAT_TENANT_HEARTBEAT_FILE"]
+            assert str(scheduler.heartbeat_file.path) == path
+            assert scheduler.max_interval == values["CELERY_BEAT_MAX_LOOP_INTERVAL"]
+    finally:
+        app.close()
+
+
+@exercises("beat-heartbeat-probe")
+def test_heartbeat_probe_passes_while_the_file_is_younger_than_its_limit(tmp_path: Path) -> None:
+    # Given the README's check, of the file its settings name, and its age limit
+    code = block("beat-heartbeat-probe").code.strip()
+    path = heartbeat_settings()["CELERY_BEAT_TENANT_HEARTBEAT_FILE"]
+    match = re.fullmatch(r".* -lt (\d+)", code)
+    assert match is not None and path in code, code
+    limit = int(match[1])
+    # (above the longest sleep, by a margin for the longest tick)
+    assert limit >= heartbeat_settings()["CELERY_BEAT_MAX_LOOP_INTERVAL"] + 30
+    heartbeat = tmp_path / "celery-beat.heartbeat"
+    check = ["sh", "-c", code.replace(path, str(heartbeat))]
+
+    def status(age: float | None) -> int:
+        if age is not None:
+            heartbeat.touch()
+            then = time.time() - age
+            os.utime(heartbeat, (then, then))
+        return subprocess.run(check, capture_output=True).returncode
+
+    # Then it fails without the file, passes while it is younger than the limit, then fails
+    assert status(None) == 1
+    assert [status(0), status(limit - 5), status(limit + 5), status(10**6)] == [0, 0, 1, 1]
 
 
 # Demo, benchmark, running the tests --------------------------------------------------------
