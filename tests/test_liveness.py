@@ -22,6 +22,7 @@ from celery import Celery
 from django.conf import settings
 from django.db import connection
 
+from tenant_schemas_celery.exceptions import TenantConfigurationError
 from tenant_schemas_celery.liveness import (
     LEADER_APPLICATION_NAME,
     HeartbeatFile,
@@ -140,6 +141,20 @@ def test_the_scheduler_touches_the_file_of_the_setting_at_every_tick(tmp_path: P
         os.utime(path, (1_000_000, 1_000_000))
         scheduler.tick()
         assert abs(mtime(path) - time.time()) < 5
+    finally:
+        app.close()
+
+
+def test_a_setting_that_is_no_path_stops_beat_at_start() -> None:
+    # Given an app whose heartbeat setting is not a path
+    app = Celery("liveness-tests", set_as_current=False)
+    app.conf.beat_tenant_heartbeat_file = 42
+    try:
+        scheduler = TenantAwareScheduler(app=app, lazy=True)
+        # Then the banner (shown before the first tick) and the first tick raise, naming it
+        for start in (lambda: scheduler.info, scheduler.tick):
+            with pytest.raises(TenantConfigurationError, match="beat_tenant_heartbeat_file"):
+                start()
     finally:
         app.close()
 
