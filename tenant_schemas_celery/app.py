@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
-
 from .canvas import carries_signatures, stamp_carried
 from .capture import SCHEMA_HEADER, current_schema_name, headers_with_schema
+from .internals import TaskBaseHook
 from .task import TenantTask, make_tenant_aware, tenant_aware_class
 
 
-class CeleryApp(Celery):
+class CeleryApp(TaskBaseHook):
     """A ``celery.Celery`` app whose tasks run in the schema they were sent from.
 
     ``task_cls`` is ``TenantTask``; tasks made from another base class (a custom
@@ -33,9 +32,9 @@ class CeleryApp(Celery):
         kwargs.setdefault("task_cls", type(self).task_cls)
         super().__init__(*args, **kwargs)
 
-    def _task_from_fun(self, fun: Any, name: Any = None, base: Any = None, **options: Any) -> Any:
-        base = tenant_aware_class(base or self.Task)
-        return super()._task_from_fun(fun, name=name, base=base, **options)
+    def task_base(self, base: Any) -> Any:
+        """The base of a task made from a function, made tenant-aware."""
+        return tenant_aware_class(base)
 
     def register_task(self, task: Any, **options: Any) -> Any:
         """Register a class-based task, made tenant-aware."""

@@ -67,6 +67,17 @@ def rebind_autoretry_run(task: Any, run: Callable[..., Any]) -> bool:
     return True
 
 
+def last_receiver_uid(signal: Any) -> Any:
+    """Return the ``dispatch_uid`` of the receiver a Celery signal calls last, or None.
+
+    Upstream private layout: ``Signal.receivers``, a list of ``((lookup_key, ...),
+    receiver)`` in connection order, whose lookup key starts with the ``dispatch_uid``
+    given to ``connect``. No public method tells the order of receivers.
+    """
+    receivers = signal.receivers
+    return receivers[-1][0][0] if receivers else None
+
+
 class TaskBaseHook(Celery):
     """A Celery app whose tasks made from functions get their base class from ``task_base``.
 

@@ -12,7 +12,7 @@ from celery import Task
 from celery.contrib.django.task import DjangoTask
 from celery.signals import task_postrun, task_prerun
 
-from . import activation, conf
+from . import activation, conf, internals
 from . import inspection as _inspection  # noqa: F401  (registers inspect commands)
 from .cache import SimpleCache, tenant_cache
 from .canvas import stamp_carried, stamped_list
@@ -273,8 +273,8 @@ def make_tenant_aware(task: Any) -> Any:
         return tenant_aware_class(task)
     if not isinstance(task, TenantTask):
         task.__class__ = tenant_aware_class(type(task))
-        if "_orig_run" in task.__dict__:  # autoretry already wrapped the unguarded run
-            task._orig_run = MethodType(type(task).run, task)
+        # autoretry already wrapped the unguarded run: it must call the guarded one
+        internals.rebind_autoretry_run(task, MethodType(type(task).run, task))
     return task
 
 
@@ -301,8 +301,7 @@ def _restore_after_other_receivers() -> None:
     Receivers run in the order they were connected, and most are connected after this
     module is imported: the receiver is connected again, at the end, whenever it is not.
     """
-    receivers = task_postrun.receivers
-    if not receivers or receivers[-1][0][0] != _DEACTIVATE_UID:
+    if internals.last_receiver_uid(task_postrun) != _DEACTIVATE_UID:
         task_postrun.disconnect(dispatch_uid=_DEACTIVATE_UID)
         task_postrun.connect(_deactivate_tenant, weak=False, dispatch_uid=_DEACTIVATE_UID)
 

@@ -247,3 +247,25 @@ def test_scope_tag_reads_what_set_tag_and_remove_tag_write() -> None:
     # sentry.tag_events tags the scope sentry_sdk.get_isolation_scope() returns (a public
     # function sentry-sdk 2.0.0 does not have yet: there it is Scope.get_isolation_scope)
     assert type(sentry_sdk.get_isolation_scope()) is type(scope)
+
+
+def test_last_receiver_uid_is_the_dispatch_uid_of_the_receiver_connected_last() -> None:
+    from celery.utils.dispatch import Signal
+
+    signal = Signal(name="pin")
+    assert internals.last_receiver_uid(signal) is None
+
+    def first(**kwargs: Any) -> None: ...
+
+    def second(**kwargs: Any) -> None: ...
+
+    signal.connect(first, weak=False, dispatch_uid="first")
+    signal.connect(second, weak=False, dispatch_uid="second")
+    assert internals.last_receiver_uid(signal) == "second"
+    calls: list[str] = []
+    signal.disconnect(dispatch_uid="first")
+    signal.connect(lambda **kwargs: calls.append("first"), weak=False, dispatch_uid="first")
+    signal.connect(lambda **kwargs: calls.append("other"), weak=False, dispatch_uid="other")
+    assert internals.last_receiver_uid(signal) == "other"
+    signal.send(sender=None)
+    assert calls == ["first", "other"]  # receivers run in that order
