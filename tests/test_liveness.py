@@ -1,8 +1,7 @@
-"""liveness: the heartbeat file (touched by a real ``celery beat``), and the lock holder.
+"""liveness: the heartbeat file, touched by a real ``celery beat``.
 
 The heartbeat file is tested with each of the three schedulers running as a real
-``celery beat`` (``--max-interval 1``: it ticks at least every second); the lock holder
-with real PostgreSQL sessions holding advisory locks.
+``celery beat`` (``--max-interval 1``: it ticks at least every second).
 """
 
 from __future__ import annotations
