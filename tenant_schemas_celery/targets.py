@@ -181,10 +181,6 @@ class TenantTargets:
             self._readiness = readiness
         return self._readiness
 
-    def ready_tenants(self) -> list[str]:
-        """Return the schema names of the tenants whose schema exists (public excluded)."""
-        return list(self.readiness().ready)
-
     def resolve(self, tenant_schemas: Sequence[str] | None) -> list[str]:
         """Return the schemas an entry goes to: its ready ``tenant_schemas``, or all tenants."""
         schemas, skipped = self.readiness().split(tenant_schemas)
