@@ -178,3 +178,71 @@ def beat_heartbeat_file(app: Celery) -> str | None:
             f"the beat_tenant_heartbeat_file setting must be a file path, got {value!r}."
         )
     return path
+
+
+#: Default for ``beat_tenant_failover_seconds``.
+DEFAULT_FAILOVER_SECONDS = 10.0
+
+
+def beat_leader_election(app: Celery) -> bool:
+    """Return whether beat elects one leader by a PostgreSQL advisory lock
+    (``beat_tenant_leader_election``, False by default).
+
+    Raises:
+        TenantConfigurationError: the value is not a boolean.
+    """
+    value = app_setting(app, "beat_tenant_leader_election")
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise TenantConfigurationError(
+            f"the beat_tenant_leader_election setting must be True or False, got {value!r}."
+        )
+    return value
+
+
+def beat_leader_key(app: Celery) -> str | int:
+    """Return what names beat's leader lock (``beat_tenant_leader_key``): by default the
+    app's ``main`` name.
+
+    Raises:
+        TenantConfigurationError: the value is neither a non-empty string nor an integer
+            (a ``bigint``), or it is unset and the app has no ``main`` name.
+    """
+    value = app_setting(app, "beat_tenant_leader_key")
+    if value is None:
+        value = app.main
+        if not value:
+            raise TenantConfigurationError(
+                "the beat_tenant_leader_key setting is needed: the Celery app has no main "
+                "name to key beat's leader lock by."
+            )
+    int_ok = type(value) is int and -(2**63) <= value < 2**63
+    if not int_ok and not (isinstance(value, str) and value):
+        raise TenantConfigurationError(
+            "the beat_tenant_leader_key setting must be a non-empty string or a 64-bit "
+            f"signed integer, got {value!r}."
+        )
+    return value
+
+
+def beat_failover_seconds(app: Celery) -> float:
+    """Return within how many seconds a follower takes over from a lost beat leader
+    (``beat_tenant_failover_seconds``, 10 by default).
+
+    Raises:
+        TenantConfigurationError: the value is not a positive (finite) number of seconds.
+    """
+    value = app_setting(app, "beat_tenant_failover_seconds")
+    if value is None:
+        return DEFAULT_FAILOVER_SECONDS
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < float("inf")
+    ):
+        raise TenantConfigurationError(
+            f"the beat_tenant_failover_seconds setting must be a positive number of seconds, "
+            f"got {value!r}."
+        )
+    return float(value)
