@@ -53,6 +53,16 @@ def sync_scheduler(scheduler: Any) -> None:
     scheduler._do_sync()
 
 
+def rebuild_heap(scheduler: Any) -> None:
+    """Have a Celery beat scheduler's next ``tick`` rebuild its heap from ``schedule``.
+
+    Upstream private: ``celery.beat.Scheduler._heap`` (the due times' heap), which
+    ``tick`` repopulates from the current entries when it is None. Entries advanced or
+    replaced outside ``tick`` are otherwise not seen by it.
+    """
+    scheduler._heap = None
+
+
 def rebind_autoretry_run(task: Any, run: Callable[..., Any]) -> bool:
     """Make Celery's autoretry wrapper of ``task.run`` call ``run``; False if there is none.
 

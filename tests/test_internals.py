@@ -9,6 +9,7 @@ django-celery-beat's are in ``test_internals_beat.py``.
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import time
 from collections.abc import Iterator
@@ -126,6 +127,24 @@ def test_sync_scheduler_syncs_and_restarts_the_counts_should_sync_reads(
     assert scheduler._tasks_since_sync == 0
     assert time.monotonic() - scheduler._last_sync < 60
     assert not scheduler.should_sync()
+
+
+def test_rebuild_heap_makes_the_next_tick_see_entries_changed_outside_it(
+    pins_app: Celery,
+) -> None:
+    # Given an in-memory scheduler whose heap holds an entry due in an hour
+    scheduler = Scheduler(pins_app, lazy=True)
+    scheduler.update_from_dict({"hourly": {"task": "t", "schedule": 3600}})
+    scheduler.schedule["hourly"].last_run_at = pins_app.now()
+    assert scheduler.tick() > 60
+    # When the entry is made due outside tick: the heap still says it is not
+    scheduler.schedule["hourly"].last_run_at = pins_app.now() - datetime.timedelta(hours=2)
+    sent: list[str] = []
+    scheduler.apply_entry = lambda entry, producer=None: sent.append(entry.name)  # type: ignore[method-assign]
+    assert scheduler.tick() > 60 and not sent
+    # Then once the heap is rebuilt through internals, the next tick sends it
+    internals.rebuild_heap(scheduler)
+    assert scheduler.tick() == 0 and sent == ["hourly"]
 
 
 def test_rebind_autoretry_run_changes_the_body_celerys_autoretry_calls(
