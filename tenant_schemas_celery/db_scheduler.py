@@ -57,8 +57,10 @@ from .conf import public_schema_name
 from .internals import (
     dirty_entry_names,
     invalidate_heap,
+    rebuild_heap,
     scheduler_entries,
     set_scheduler_entries,
+    sync_scheduler,
     take_heap_invalidated,
 )
 from .model_entry import TenantAwareModelEntry, row_values
@@ -245,6 +247,9 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         ``closing_on_error``); a save that fails is tried again at the next sync.
         """
         dirty, entries = dirty_entry_names(self), scheduler_entries(self) or {}
+        if not self.may_write():  # a follower under leader election: the leader saves
+            dirty.clear()
+            return
         saving = None
         with logged_database_errors(*_SAVE_ERRORS) as attempt, closing_on_error(self._connection()):
             while dirty:
@@ -254,6 +259,21 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
                     entry.save()
         if attempt.failed and saving is not None:
             dirty.add(saving)  # tried again at the next sync
+
+    def save_before_send(self) -> None:
+        """Save the ``last_run_at`` of the run about to be sent (leader election): a beat
+        taking over reads it, and does not send that run again.
+        """
+        sync_scheduler(self)
+
+    def take_over(self) -> None:
+        """Read every schema's rows again on becoming the leader: the ``last_run_at`` the
+        last leader saved decides what is due (a run due while no beat led is sent once).
+        """
+        dirty_entry_names(self).clear()
+        self.change_check.take_pending()
+        set_scheduler_entries(self, self.all_as_schedule())
+        rebuild_heap(self)
 
     def close(self) -> None:
         """Save, release the broker connection, and close the reading connections."""

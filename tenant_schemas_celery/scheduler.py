@@ -29,7 +29,8 @@ from kombu.utils.objects import cached_property
 from .capture import ALL_TENANTS_HEADER, SCHEMA_HEADER, SPREAD_HEADER, entry_headers
 from .conf import beat_heartbeat_file, public_schema_name
 from .fanout import is_fanout_copy, send_to_schemas
-from .internals import sync_scheduler
+from .internals import rebuild_heap, sync_scheduler
+from .leader import LeaderElection, scheduler_election
 from .liveness import HeartbeatFile
 from .resolution import header_flag, validate_schema_list, validate_schema_name
 from .spread import validate_spread
@@ -245,7 +246,13 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         return TenantTargets(self.get_queryset)
 
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
-        """Send ``entry`` to each of its schemas; log, never raise, on failure."""
+        """Send ``entry`` to each of its schemas; log, never raise, on failure.
+
+        Under leader election a follower sends nothing (see ``may_send``).
+        """
+        if not self.may_send():
+            logger.debug("beat: Not the leader: not sending %s.", entry.name)
+            return
         try:
             schemas = self.tenant_targets.resolve(entry_targets(entry))
             logger.info(
@@ -297,6 +304,56 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         self.apply_entry(entry, producer=producer)
         return None
 
+    # Leader election (see ``leader``) -------------------------------------------------------
+
+    @cached_property
+    def leader_election(self) -> LeaderElection | None:
+        """This beat's leader election (settings read once); None when it is off."""
+        return scheduler_election(self)
+
+    def may_send(self) -> bool:
+        """Whether this beat sends due entries now: always, without leader election; else
+        only as the leader, with its bookkeeping saved first (``save_before_send``) and its
+        lock proven at most ``Timing.proof_max_age`` ago.
+        """
+        election = self.leader_election
+        if election is None:
+            return True
+        if election.leading:
+            self.save_before_send()
+        return election.may_send()
+
+    def may_write(self) -> bool:
+        """Whether this beat writes bookkeeping: always, without election; else as the leader."""
+        election = self.leader_election
+        return election is None or election.leading
+
+    def save_before_send(self) -> None:
+        """Under election, make the leader's bookkeeping of a due run durable before it is
+        sent (the database scheduler saves ``last_run_at``); nothing to do here.
+        """
+
+    def take_over(self) -> None:
+        """Catch up when this beat has just become the leader, before it sends.
+
+        Entries held in memory have no state shared between beats: each entry starts
+        afresh (its last run is now), so the first run the new leader sends is the one due
+        after the takeover; runs due while no beat led are skipped.
+        """
+        now = self.app.now()
+        for entry in self.schedule.values():
+            entry.last_run_at = now
+        rebuild_heap(self)
+
+    def close(self) -> None:
+        """The base scheduler's ``close``; then the leader lock, if any, is released."""
+        try:
+            super().close()
+        finally:
+            election = self.__dict__.get("leader_election")
+            if election is not None:
+                election.close()
+
     @cached_property
     def heartbeat_file(self) -> HeartbeatFile:
         """The ``beat_tenant_heartbeat_file`` setting's file (read once), touched at every tick."""
@@ -305,12 +362,19 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Run one beat iteration; tenants are read again once the loop goes to sleep.
 
-        The heartbeat file is touched first (see ``liveness.HeartbeatFile``).
+        The heartbeat file is touched first (see ``liveness.HeartbeatFile``), by followers
+        too. Under leader election the role is advanced next (``take_over`` when this beat
+        just became the leader), and beat sleeps at most ``Timing.try_interval``.
         """
         self.heartbeat_file.touch()
+        election = self.leader_election
+        if election is not None and election.step():
+            self.take_over()
         delay: float = super().tick(*args, **kwargs)
         if delay:
             self.tenant_targets.forget()
+            if election is not None:
+                delay = min(delay, election.max_delay())
         return delay
 
     def merge_inplace(self, b: Mapping[str, Any]) -> None:
@@ -347,7 +411,9 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         tenants = "    . tenants -> get_queryset(), schemas that exist only"
         path = self.heartbeat_file.path
         heartbeat = f"    . heartbeat -> {path}" if path is not None else ""
-        return "\n".join(line for line in (super().info, tenants, heartbeat) if line)
+        election = self.leader_election
+        leader = "" if election is None else f"    . leader election -> {election.lock}"
+        return "\n".join(line for line in (super().info, tenants, heartbeat, leader) if line)
 
 
 class TenantAwareScheduler(TenantAwareSchedulerMixin, Scheduler):

@@ -39,9 +39,11 @@ defer_nested_result_unsubscribes()
 #: Test modules that need django-celery-beat (the "beat" extra), not collected without it.
 BEAT_MODULES = [
     "beat_compose_schedulers.py",
+    "beat_ha_schedulers.py",
     "test_beat_compose.py",
     "test_beat_e2e.py",
     "test_beat_fuzz.py",
+    "test_beat_ha.py",
     "test_beat_sql.py",
     "test_compat_pypi.py",
     "test_db_scheduler.py",
