@@ -1,7 +1,9 @@
-"""liveness: the heartbeat file, touched by a real ``celery beat``.
+"""liveness: the heartbeat file (touched by a real ``celery beat``), and the lock holder.
 
 The heartbeat file is tested with each of the three schedulers running as a real
-``celery beat`` (``--max-interval 1``: it ticks at least every second).
+``celery beat`` (``--max-interval 1``: it ticks at least every second); the lock holder
+with real PostgreSQL sessions holding advisory locks (the beats' own, in
+``test_beat_ha.py``).
 """
 
 from __future__ import annotations
@@ -9,16 +11,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from celery import Celery
+from django.conf import settings
+from django.db import connection
 
 from tenant_schemas_celery.exceptions import TenantConfigurationError
-from tenant_schemas_celery.liveness import HeartbeatFile
+from tenant_schemas_celery.liveness import (
+    LEADER_APPLICATION_NAME,
+    HeartbeatFile,
+    beat_leader_status,
+    leader_application_name,
+    leader_lock_key,
+    record_leader_tick,
+)
 from tenant_schemas_celery.scheduler import TenantAwareScheduler
 from tests.conftest import BROKERS
 from tests.project.settings import BEAT
@@ -230,3 +243,127 @@ def test_beat_keeps_running_when_the_file_cannot_be_touched(database: None, tmp_
     finally:
         process.stop()
     assert "is touched again." in process.log()
+
+
+# The lock holder in PostgreSQL -------------------------------------------------------------
+
+
+def lock_session(application_name: str = "") -> Any:
+    """A psycopg2 connection of its own (autocommit) to the tests' database."""
+    db = settings.DATABASES["default"]
+    session = psycopg2.connect(
+        dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"], host=db["HOST"],
+        port=db["PORT"], application_name=application_name,
+    )  # fmt: skip
+    session.autocommit = True
+    return session
+
+
+@pytest.mark.parametrize("key", [0, 7, 2**40 + 7, -5, -(2**63), 2**63 - 1, (3, 9), (-3, -(2**31))])
+def test_status_is_the_session_holding_the_lock_of_the_key(database: None, key: Any) -> None:
+    # Given nobody holds the lock of the key: no status
+    assert beat_leader_status(key) is None
+    session = lock_session()
+    try:
+        # When a leader takes it, and records a tick
+        arguments = key if isinstance(key, tuple) else (key,)
+        placeholders = ", ".join(["%s"] * len(arguments))
+        with session.cursor() as cursor:
+            cursor.execute(f"SELECT pg_advisory_lock({placeholders})", arguments)
+            cursor.execute("SELECT pg_backend_pid()")
+            (pid,) = cursor.fetchone()
+            record_leader_tick(cursor)
+        status = beat_leader_status(key)
+        # Then the status is its session: its identity, and when it ticked
+        assert status is not None
+        assert (status.pid, status.application_name) == (pid, leader_application_name())
+        assert status.last_tick is not None and status.backend_start is not None
+        assert status.seconds_since_tick is not None and 0 <= status.seconds_since_tick < 5
+        # And no other key's lock is taken for it
+        other = (key[0], key[1] ^ 1) if isinstance(key, tuple) else key ^ 1
+        assert beat_leader_status(other) is None
+    finally:
+        session.close()
+    # And once the session is gone (its backend exits just after), nobody holds it
+    wait_until(lambda: beat_leader_status(key) is None, 10, "the lock outlived its session")
+
+
+def test_each_tick_moves_the_last_tick_time(database: None) -> None:
+    # Given a leader's session that recorded a tick, one second ago
+    session = lock_session()
+    try:
+        with session.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(4242)")
+            record_leader_tick(cursor)
+            first = beat_leader_status(4242)
+            time.sleep(1.1)
+            aged = beat_leader_status(4242)
+            # When it records another
+            record_leader_tick(cursor)
+        latest = beat_leader_status(4242)
+    finally:
+        session.close()
+    # Then the time of the last tick moved on, and its age started again
+    assert first is not None and aged is not None and latest is not None
+    assert first.last_tick is not None and latest.last_tick is not None
+    assert aged.last_tick == first.last_tick and (aged.seconds_since_tick or 0) >= 1
+    assert latest.last_tick > first.last_tick and (latest.seconds_since_tick or 0) < 1
+
+
+def test_a_session_waiting_for_the_lock_is_not_its_holder(database: None) -> None:
+    # Given a session holding the lock, and another one waiting for it (in a thread)
+    holder, waiter = lock_session("holder"), lock_session("waiter")
+    take_lock(holder, 4343)
+    thread = threading.Thread(target=take_lock, args=(waiter, 4343))
+    thread.start()
+    try:
+        wait_until(lambda: waiting_for(4343), 10, "the waiter's lock request was never seen")
+        # Then the status is the holder's
+        status = beat_leader_status(4343)
+        assert status is not None and status.application_name == "holder"
+    finally:
+        holder.close()  # the waiter gets the lock, then is closed in turn
+        thread.join(10)
+        waiter.close()
+
+
+def take_lock(session: Any, key: int) -> None:
+    with session.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+
+
+def waiting_for(key: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
+            "AND NOT granted AND objid = %s",
+            [key],
+        )
+        (count,) = cursor.fetchone()
+    return bool(count)
+
+
+@pytest.mark.parametrize("key", [True, 2**63, -(2**63) - 1, (1, 2**31), (1,), (1, 2, 3), 1.0])
+def test_a_key_that_is_no_lock_key_is_refused(key: Any) -> None:
+    with pytest.raises(ValueError, match="an advisory lock key is a bigint or two integers"):
+        beat_leader_status(key)
+
+
+def test_the_leader_name_is_the_prefix_host_and_pid_within_63_bytes() -> None:
+    name = leader_application_name()
+    assert name.startswith(f"{LEADER_APPLICATION_NAME} ")
+    assert len(name.encode()) <= 63
+    assert name.endswith(f":{os.getpid()}") or len(name.encode()) == 63
+
+
+def test_a_lock_name_reads_the_lock_of_its_key(database: None) -> None:
+    # Given a session holding the lock of the key of the name "proj"
+    session = lock_session("named")
+    try:
+        take_lock(session, leader_lock_key("proj"))
+        # Then the status of the name is that session's; another name's is None
+        status = beat_leader_status("proj")
+        assert status is not None and status.application_name == "named"
+        assert beat_leader_status("proj2") is None
+    finally:
+        session.close()
