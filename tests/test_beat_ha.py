@@ -9,6 +9,7 @@ are counted from those records, never against the wall clock.
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from collections import Counter
@@ -194,3 +195,27 @@ def test_a_leader_whose_lock_session_is_terminated_stops_and_another_takes_over(
     assert all(r["pid"] == successor for r in sent if r["t"] > terminated + FAILOVER)
     assert_each_run_sent_once(runs, sent)
     assert_row_runs_chain(sent)
+
+
+@pytest.mark.usefixtures("beat_db")
+def test_a_frozen_leader_loses_the_lock_and_sends_nothing_once_it_thaws() -> None:
+    # Given 2 beats of the in-memory scheduler
+    with cluster(SCHEDULER, beats=2) as group:
+        leader = group.wait_for_sends(2, set())
+        old = group.by_pid(leader)
+        assert old.process is not None
+        # When the leader is frozen (as if cut off: its connections stay open, silent)
+        old.process.send_signal(signal.SIGSTOP)
+        frozen = time.time()
+        try:
+            # Then PostgreSQL ends its silent lock session, and the other beat takes over
+            successor = group.wait_for_sends(2, {leader})
+        finally:
+            old.process.send_signal(signal.SIGCONT)
+        # And once it thaws, it finds out it lost the lock before sending anything
+        group.wait_for(lambda: "Lost the leader lock" in old.log())
+        group.wait_for_sends(len([r for r in group.sent() if r["pid"] == successor]) + 2, {leader})
+        runs, sent = group.stop_and_drain()
+    assert all(r["pid"] == successor for r in sent if r["t"] > frozen)
+    assert_each_run_sent_once(runs, sent)
+    assert_runs_apart(sent)
