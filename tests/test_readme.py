@@ -73,6 +73,7 @@ from types import ModuleType
 from typing import Any
 
 import click
+import psycopg2
 import pytest
 from celery import _state as celery_state
 from celery.beat import Scheduler
@@ -91,6 +92,11 @@ from packaging.utils import canonicalize_name
 
 from tenant_schemas_celery.app import CeleryApp
 from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
+from tenant_schemas_celery.liveness import (
+    leader_application_name,
+    leader_lock_key,
+    record_leader_tick,
+)
 from tenant_schemas_celery.scheduler import (
     TenantAwarePersistentScheduler,
     TenantAwareScheduler,
@@ -842,6 +848,53 @@ def test_heartbeat_probe_passes_while_the_file_is_younger_than_its_limit(tmp_pat
     # Then it fails without the file, passes while it is younger than the limit, then fails
     assert status(None) == 1
     assert [status(0), status(limit - 5), status(limit + 5), status(10**6)] == [0, 0, 1, 1]
+
+
+@exercises("beat-ha-settings")
+@pytest.mark.parametrize("scheduler_class", [TenantAwareScheduler, TenantAwareDatabaseScheduler])
+def test_leader_election_settings_are_those_the_schedulers_read(scheduler_class: type) -> None:
+    # Given an app configured from the README's Django settings
+    namespace: dict[str, Any] = {}
+    run_python(block("beat-ha-settings"), namespace)
+    values = {name: value for name, value in namespace.items() if name.startswith("CELERY_")}
+    app = CeleryApp("readme-ha", set_as_current=False)
+    try:
+        with override_settings(**values):
+            app.config_from_object("django.conf:settings", namespace="CELERY")
+            scheduler = scheduler_class(app=app, lazy=True)
+            # Then its beat elects a leader by the lock of that key, with that failover time
+            election = scheduler.leader_election
+            assert election is not None
+            assert election.timing.failover == values["CELERY_BEAT_TENANT_FAILOVER_SECONDS"]
+            key = values["CELERY_BEAT_TENANT_LEADER_KEY"]
+            assert election.lock == f"lock {key!r}, key {leader_lock_key(key)}"
+    finally:
+        app.close()
+
+
+@exercises("beat-ha-status")
+def test_leader_status_check_fails_without_a_leader_and_names_it(
+    database: None, capsys: Any
+) -> None:
+    # Given nobody holds the lock of the README's key: the check fails
+    with pytest.raises(SystemExit, match="no beat leads"):
+        run_python(block("beat-ha-status"))
+    # When a session takes it and records a tick (as a leader does)
+    db = settings.DATABASES["default"]
+    session = psycopg2.connect(
+        dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"], host=db["HOST"],
+        port=db["PORT"],
+    )  # fmt: skip
+    session.autocommit = True
+    try:
+        with session.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [leader_lock_key("proj")])
+            record_leader_tick(cursor)
+        # Then the check passes, naming the leader
+        run_python(block("beat-ha-status"))
+    finally:
+        session.close()
+    assert f"leader: {leader_application_name()}" in capsys.readouterr().out
 
 
 # Demo, benchmark, running the tests --------------------------------------------------------
