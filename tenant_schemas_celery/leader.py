@@ -89,8 +89,9 @@ class Timing:
 
     @property
     def idle_session_timeout(self) -> float:
-        """``2f/5``: PostgreSQL ends a lock session silent that long (a cut-off host's)."""
-        return self.failover * 2 / 5
+        """``f/2``: PostgreSQL ends a lock session silent that long (a cut-off or frozen
+        leader's; also a leader's whose tick lasts longer)."""
+        return self.failover / 2
 
     @property
     def network_timeout(self) -> float:

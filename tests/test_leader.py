@@ -84,7 +84,7 @@ def election(world: World, clock: Clock, failover: float = 10) -> LeaderElection
 def test_timing_follows_failover_seconds() -> None:
     timing = Timing(10)
     assert (timing.try_interval, timing.proof_max_age, timing.grace) == (2, 1, 1)
-    assert (timing.idle_session_timeout, timing.network_timeout, timing.backoff) == (4, 3, 10)
+    assert (timing.idle_session_timeout, timing.network_timeout, timing.backoff) == (5, 3, 10)
     # A follower's attempt, the grace and the server's idle timeout fit in the failover time
     assert timing.idle_session_timeout + timing.try_interval + timing.grace < timing.failover
     assert Timing(2).proof_max_age == 0.2
