@@ -1,7 +1,9 @@
 """The app of the beat high-availability tests: the test project's, with leader election on.
 
 ``celery beat -A tests.beat_ha_app -S tests.beat_ha_schedulers.<Scheduler>``; the worker
-imports this module with ``-I`` for the task. The environment sets ``TSC_HA_KEY`` (the
+imports this module with ``-I`` for the task. Only with ``TSC_HA_KEY`` set (in those
+processes, never in pytest's, whose app it would change) does it configure the app: the
+environment sets ``TSC_HA_KEY`` (the
 Redis lists of the records, and the leader key), ``TSC_HA_FAILOVER`` (seconds),
 ``TSC_HA_ELECTION`` (``"0"``: off) and ``TSC_HA_SCHEDULE`` (``"static"``: one
 ``beat_schedule`` entry ``ha-tick`` every ``INTERVAL`` seconds, in public; ``"rows"``: none,
@@ -29,12 +31,6 @@ KEY = os.environ.get("TSC_HA_KEY", "tsc-tests:beat-ha")
 INTERVAL = 1.0
 TASK = "tests.beat_ha_app.record_run"
 STAMP_HEADER = "tsc_ha_stamp"
-
-app.conf.update(
-    beat_tenant_leader_election=os.environ.get("TSC_HA_ELECTION", "1") == "1",
-    beat_tenant_leader_key=KEY,
-    beat_tenant_failover_seconds=float(os.environ.get("TSC_HA_FAILOVER", "3")),
-)
 
 #: The stamp of the entry being sent (set by the schedulers of ``tests.beat_ha_schedulers``).
 _current: dict[str, Any] = {}
@@ -67,9 +63,15 @@ def _stamp_message(sender: Any = None, headers: Any = None, **_: Any) -> None:
     events().rpush(f"{KEY}:sent", json.dumps(record))
 
 
-if os.environ.get("TSC_HA_SCHEDULE", "static") == "rows":
-    app.conf.beat_schedule = {}
-else:
-    app.conf.beat_schedule = {
-        "ha-tick": {"task": TASK, "schedule": INTERVAL, "tenant_schemas": ["public"]}
-    }
+if "TSC_HA_KEY" in os.environ:  # in the tests' processes only, not in pytest's own
+    app.conf.update(
+        beat_tenant_leader_election=os.environ.get("TSC_HA_ELECTION", "1") == "1",
+        beat_tenant_leader_key=KEY,
+        beat_tenant_failover_seconds=float(os.environ.get("TSC_HA_FAILOVER", "3")),
+    )
+    rows = os.environ.get("TSC_HA_SCHEDULE", "static") == "rows"
+    app.conf.beat_schedule = (
+        {}
+        if rows
+        else {"ha-tick": {"task": TASK, "schedule": INTERVAL, "tenant_schemas": ["public"]}}
+    )
