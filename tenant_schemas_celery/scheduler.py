@@ -328,6 +328,13 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         election = self.leader_election
         return election is None or election.leading
 
+    def sync(self) -> None:
+        """The base scheduler's ``sync``, skipped by a follower under leader election (the
+        leader writes the bookkeeping: django-celery-beat's ``last_run_at``, a shelve file).
+        """
+        if self.may_write():
+            super().sync()
+
     def save_before_send(self) -> None:
         """Under election, make the leader's bookkeeping of a due run durable before it is
         sent (the database scheduler saves ``last_run_at``); nothing to do here.

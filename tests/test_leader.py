@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.beat import Scheduler
 from django.db import connection
 
 from tenant_schemas_celery.conf import (
@@ -26,7 +27,12 @@ from tenant_schemas_celery.leader import (
     scheduler_election,
 )
 from tenant_schemas_celery.liveness import LEADER_APPLICATION_NAME, leader_lock_key
-from tenant_schemas_celery.scheduler import TenantAwareScheduler
+from tenant_schemas_celery.scheduler import (
+    TenantAwareScheduleEntry,
+    TenantAwareScheduler,
+    TenantAwareSchedulerMixin,
+)
+from tests.beat_helpers import make_due
 
 
 class Clock:
@@ -304,3 +310,61 @@ def test_with_election_off_a_beat_takes_no_lock_and_opens_no_session(database: N
             "ON d.oid = l.database WHERE l.locktype = 'advisory' AND d.datname = current_database()"
         )
         assert cursor.fetchone()[0] == 0
+
+
+class SyncCounting(Scheduler):
+    """Celery's scheduler, counting its syncs and the messages sent to schemas."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.synced, self.sent = 0, []
+        super().__init__(*args, **kwargs)
+
+    def sync(self) -> None:
+        self.synced += 1
+
+    def apply_async(self, entry: Any, producer: Any = None, **kwargs: Any) -> None:
+        self.sent.append(entry.name)
+
+
+class RecordingScheduler(TenantAwareSchedulerMixin, SyncCounting):
+    """The mixin over ``SyncCounting``."""
+
+    Entry = TenantAwareScheduleEntry
+
+
+def test_a_follower_touches_the_heartbeat_sends_nothing_and_writes_nothing(
+    tmp_path: Any, world: World
+) -> None:
+    # Given a beat under leader election whose lock another beat holds, with a due entry
+    app = Celery("leader-follower", set_as_current=False)
+    heartbeat = tmp_path / "beat.heartbeat"
+    app.conf.update(
+        broker_url="memory://",
+        beat_tenant_leader_election=True,
+        beat_tenant_heartbeat_file=str(heartbeat),
+        beat_schedule={"due": {"task": "t", "schedule": 1, "tenant_schemas": ["public"]}},
+    )
+    world.free = False
+    try:
+        scheduler = RecordingScheduler(app=app)
+        clock = Clock()
+        scheduler.__dict__["leader_election"] = LeaderElection(world.open, Timing(10), clock=clock)
+        make_due(scheduler)
+        # When it ticks, the entry being due
+        scheduler.tick()
+        scheduler.sync()
+        # Then it touched the heartbeat file, sent nothing, and synced nothing
+        assert heartbeat.exists() and scheduler.leader_election.role == FOLLOWER
+        assert scheduler.sent == [] and scheduler.synced == 0
+        # And once it leads, it sends the entries that come due, and syncs
+        world.free = True
+        clock.now += 2
+        scheduler.tick()
+        clock.now += 1
+        scheduler.tick()
+        make_due(scheduler)
+        scheduler.tick()
+        scheduler.sync()
+        assert scheduler.sent == ["due@public"] and scheduler.synced >= 1
+    finally:
+        app.close()
