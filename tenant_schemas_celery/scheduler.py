@@ -227,6 +227,10 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
     Override ``get_queryset()`` to narrow the tenants beat sends to (your own
     notion of a "ready" tenant); tenants whose schema does not exist yet are
     always skipped.
+
+    With ``beat_tenant_leader_election`` on, only the beat holding the leader lock
+    sends (see ``leader``); the hooks ``may_send``, ``may_write``, ``save_before_send``
+    and ``take_over`` are where a base scheduler's storage joins in.
     """
 
     _fanning_out = False  # apply_entry is sending an entry to its schemas

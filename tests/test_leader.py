@@ -368,3 +368,12 @@ def test_a_follower_touches_the_heartbeat_sends_nothing_and_writes_nothing(
         assert scheduler.sent == ["due@public"] and scheduler.synced >= 1
     finally:
         app.close()
+
+
+def test_a_malformed_election_setting_stops_beat_at_its_banner(app: Celery) -> None:
+    # Given election on with a failover time that is no positive number
+    app.conf.update(beat_tenant_leader_election=True, beat_tenant_failover_seconds=0)
+    scheduler = TenantAwareScheduler(app=app, lazy=True)
+    # Then the banner, shown before the first tick, raises, naming the setting
+    with pytest.raises(TenantConfigurationError, match="beat_tenant_failover_seconds"):
+        scheduler.info  # noqa: B018
