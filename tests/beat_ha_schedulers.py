@@ -8,12 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
-from tenant_schemas_celery.scheduler import TenantAwareScheduler
+from tenant_schemas_celery.scheduler import TenantAwarePersistentScheduler, TenantAwareScheduler
 from tests.beat_ha_app import stamp
 
 
 class StampingScheduler(TenantAwareScheduler):
     """``TenantAwareScheduler``, stamping each entry it sends."""
+
+    def apply_entry(self, entry: Any, producer: Any = None) -> None:
+        stamp(entry)
+        super().apply_entry(entry, producer=producer)
+
+
+class StampingPersistentScheduler(TenantAwarePersistentScheduler):
+    """``TenantAwarePersistentScheduler``, stamping each entry it sends."""
 
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         stamp(entry)

@@ -9,12 +9,15 @@ are counted from those records, never against the wall clock.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +32,7 @@ from tests.workers import CeleryProcess, worker
 
 pytestmark = pytest.mark.integration
 SCHEDULER = "tests.beat_ha_schedulers.StampingScheduler"
+PERSISTENT_SCHEDULER = "tests.beat_ha_schedulers.StampingPersistentScheduler"
 DB_SCHEDULER = "tests.beat_ha_schedulers.StampingDatabaseScheduler"
 FAILOVER = 3.0
 KILLS = 2
@@ -49,11 +53,24 @@ class Cluster:
 
     def __init__(self, key: str, scheduler: str, env: dict[str, str]) -> None:
         self.key, self.scheduler, self.env = key, scheduler, env
+        self.directory = Path(tempfile.mkdtemp(prefix="tsc-beat-ha-"))
         self.beats: list[CeleryProcess] = []
 
     def beat(self) -> CeleryProcess:
+        # Each beat has a schedule file of its own (the persistent scheduler's shelve)
+        schedule_file = self.directory / f"beat-{len(self.beats)}"
         process = CeleryProcess(
-            ["-A", "tests.beat_ha_app", "beat", "-S", self.scheduler, "-l", "INFO"],
+            [
+                "-A",
+                "tests.beat_ha_app",
+                "beat",
+                "-S",
+                self.scheduler,
+                "-l",
+                "INFO",
+                "-s",
+                str(schedule_file),
+            ],
             {"TSC_BROKER_URL": BROKERS["redis"], **self.env},
             ready="beat: Starting...",
         )
@@ -100,6 +117,7 @@ def cluster(scheduler: str, schedule: str = "static", beats: int = 3) -> Iterato
     group = Cluster(key, scheduler, env)
     with ExitStack() as stack:
         stack.callback(events().delete, key, f"{key}:sent")
+        stack.callback(shutil.rmtree, group.directory, True)
         consumer = worker(BROKERS["redis"], env=env, extra=("-I", "tests.beat_ha_app"))
         stack.callback(consumer.stop)
         consumer.start()
@@ -148,7 +166,9 @@ def kill_leaders(group: Cluster, kills: int) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("scheduler", "schedule"), [(SCHEDULER, "static"), (DB_SCHEDULER, "rows")], ids=["code", "rows"]
+    ("scheduler", "schedule"),
+    [(SCHEDULER, "static"), (PERSISTENT_SCHEDULER, "static"), (DB_SCHEDULER, "rows")],
+    ids=["code", "shelve", "rows"],
 )
 @pytest.mark.usefixtures("beat_db")
 def test_one_beat_of_three_sends_while_leaders_are_killed(scheduler: str, schedule: str) -> None:
