@@ -59,18 +59,9 @@ class Cluster:
     def beat(self) -> CeleryProcess:
         # Each beat has a schedule file of its own (the persistent scheduler's shelve)
         schedule_file = self.directory / f"beat-{len(self.beats)}"
+        args = ["-A", "tests.beat_ha_app", "beat", "-S", self.scheduler, "-l", "INFO"]
         process = CeleryProcess(
-            [
-                "-A",
-                "tests.beat_ha_app",
-                "beat",
-                "-S",
-                self.scheduler,
-                "-l",
-                "INFO",
-                "-s",
-                str(schedule_file),
-            ],
+            [*args, "-s", str(schedule_file)],
             {"TSC_BROKER_URL": BROKERS["redis"], **self.env},
             ready="beat: Starting...",
         )
