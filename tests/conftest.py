@@ -45,6 +45,7 @@ BEAT_MODULES = [
     "test_beat_sql.py",
     "test_compat_pypi.py",
     "test_db_scheduler.py",
+    "test_scheduler_zones.py",
     "test_dispatch.py",
     "test_fanout.py",
     "test_model_entry.py",
