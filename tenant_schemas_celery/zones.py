@@ -241,6 +241,7 @@ class ZonedCrontab(BaseSchedule):
         if cron is None:
             cron = copy.copy(self.cron)
             cron.app = self.cron.app
+            cron.nowfun = self.cron.nowfun or cron.nowfun  # a copy drops one set after __init__
             cron.tz = _zone_info(zone, cron.app)
             self._crons[zone] = cron
         return cron

@@ -225,6 +225,15 @@ def test_a_new_zone_starts_from_the_entry_last_run_and_a_gone_zone_is_dropped() 
     assert schedule.runs == {PARIS: None}
 
 
+def test_a_clock_set_after_the_crontab_was_made_is_the_zones_clock() -> None:
+    schedule = ZonedCrontab(crontab(minute=0, hour=2, app=app), "timezone")
+    schedule.nowfun = CLOCK
+    schedule.set_zones([TOKYO])
+    FrozenClock.now = datetime(2026, 1, 10, 12, tzinfo=UTC)
+    assert schedule.zone_cron(TOKYO).now() == FrozenClock.now
+    assert schedule.is_due(FrozenClock.now) == (False, 5 * 3600.0)
+
+
 def test_an_unknown_zone_name_uses_the_app_zone() -> None:
     schedule = nightly(zones=("Mars/Olympus",))
     assert schedule.zone_cron("Mars/Olympus").tz == app.timezone
