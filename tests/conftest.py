@@ -41,6 +41,7 @@ BEAT_MODULES = [
     "beat_compose_schedulers.py",
     "test_beat_compose.py",
     "test_beat_e2e.py",
+    "test_beat_zones_e2e.py",
     "test_beat_fuzz.py",
     "test_beat_sql.py",
     "test_compat_pypi.py",
