@@ -298,8 +298,9 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         """Send ``entry`` to each of its schemas; log, never raise, on failure."""
         try:
-            schemas = self.tenant_targets.resolve(entry_targets(entry))
-            schemas = self.tenant_zones.select(entry, schemas)  # tenant_timezone: due zones
+            targets = entry_targets(entry)
+            schemas = self.tenant_targets.resolve(targets)
+            schemas = self.tenant_zones.select(entry, schemas, targets)  # tenant_timezone
             logger.info(
                 "beat: Sending due task %s (%s) to %d schema(s).",
                 entry.name,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import operator
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, tzinfo
 from functools import lru_cache
@@ -65,7 +67,14 @@ def validate_zone_option(value: object, entry_name: str) -> str | None:
     """
     if value is None:
         return None
-    if isinstance(value, str) and (value.isidentifier() or _is_path(value)):
+    if isinstance(value, str) and value.isidentifier():
+        return value
+    if isinstance(value, str) and _is_path(value):
+        if not callable(_imported(value)):
+            raise TenantConfigurationError(
+                f"tenant_timezone of schedule entry {entry_name!r}: {value!r} does not "
+                f"name an importable function."
+            )
         return value
     if callable(value):
         path = f"{getattr(value, '__module__', '')}:{getattr(value, '__qualname__', '')}"
@@ -269,7 +278,7 @@ class ZonedCrontab(BaseSchedule):
 
 
 class TenantZones:
-    """Each tenant's zone, per ``tenant_timezone`` option, read once until ``forget()``.
+    """Each tenant's zone, per ``tenant_timezone`` option.
 
     Parameters:
         app(Celery): its ``timezone`` is the zone of tenants without a usable one.
@@ -277,20 +286,33 @@ class TenantZones:
 
     A model field is read with ``values_list`` (one statement); a property or a
     function is evaluated once per tenant on the tenants read with one statement.
+    A read serves until it is ``max_age`` seconds old, and a send (``select``) after
+    ``forget()`` (beat went to sleep) reads again: once per burst of due entries.
+
+    Attributes:
+        max_age(float): seconds a read serves the checks of due times. Defaults to 60.
     """
+
+    max_age = 60.0
 
     def __init__(self, app: Any, get_queryset: Callable[[], Any]) -> None:
         self.app = app
         self.get_queryset = get_queryset
-        self._maps: dict[str, dict[str, str]] = {}
+        self._maps: dict[str, tuple[float, dict[str, str]]] = {}
+        self._stale: set[str] = set()
         self._reported: dict[tuple[str, str], str] = {}
 
-    def zone_map(self, option: str) -> dict[str, str]:
-        """Return each tenant's zone name (schema name to zone) for ``option``."""
+    def zone_map(self, option: str, fresh: bool = False) -> dict[str, str]:
+        """Return each tenant's zone name (schema name to zone) for ``option``.
+
+        ``fresh``: read again if the last read came before ``forget()``.
+        """
         found = self._maps.get(option)
-        if found is None:
-            found = self._maps[option] = self._read(option)
-        return found
+        now = time.monotonic()
+        if found is None or now - found[0] > self.max_age or (fresh and option in self._stale):
+            found = self._maps[option] = (now, self._read(option))
+            self._stale.discard(option)
+        return found[1]
 
     def zones_for(self, option: str, schemas: Sequence[str] | None) -> set[str]:
         """Return the zones of ``schemas`` (None: every tenant but public)."""
@@ -307,23 +329,27 @@ class TenantZones:
         if isinstance(schedule, ZonedCrontab):
             schedule.set_zones(self.zones_for(schedule.option, schemas))
 
-    def select(self, entry: Any, schemas: Sequence[str]) -> list[str]:
+    def select(
+        self, entry: Any, schemas: Sequence[str], targets: Sequence[str] | None
+    ) -> list[str]:
         """Return the ``schemas`` of the zones where ``entry`` is due, and record their run.
 
-        An entry without ``tenant_timezone`` keeps all of ``schemas``.
+        ``targets`` are the entry's targets (None: every tenant), whose zones the entry
+        keeps. An entry without ``tenant_timezone`` keeps all of ``schemas``.
         """
         schedule = getattr(entry, "schedule", None)
         if not isinstance(schedule, ZonedCrontab):
             return list(schemas)
-        self.refresh(entry, schemas)
+        zones = self.zone_map(schedule.option, fresh=True)
+        self.refresh(entry, targets)
         due = set(schedule.due_zones(entry.last_run_at))
         schedule.mark_run(due, schedule.now())
-        zones, default = self.zone_map(schedule.option), app_zone_name(self.app)
+        default = app_zone_name(self.app)
         return [schema for schema in schemas if zones.get(schema, default) in due]
 
     def forget(self) -> None:
-        """Drop the zones read so far; they are read again when next needed."""
-        self._maps.clear()
+        """Make the next send read the zones again (beat went to sleep)."""
+        self._stale.update(self._maps)
 
     def _read(self, option: str) -> dict[str, str]:
         default = app_zone_name(self.app)
@@ -354,8 +380,8 @@ class TenantZones:
         if not _is_path(option) and _is_field(queryset.model, option):
             return list(queryset.values_list("schema_name", option))
         get: Callable[[Any], object] = (
-            _imported(option) if _is_path(option) else (lambda tenant: getattr(tenant, option))
-        ) or _missing(option)
+            _imported(option) if _is_path(option) else operator.attrgetter(option)
+        )
         values = []
         for tenant in queryset:
             try:
@@ -369,10 +395,3 @@ class TenantZones:
 def _is_field(model: Any, name: str) -> bool:
     fields = {field.attname: field for field in model._meta.concrete_fields}
     return name in fields and not fields[name].is_relation
-
-
-def _missing(option: str) -> Callable[[Any], object]:
-    def fail(tenant: Any) -> object:
-        raise TenantConfigurationError(f"tenant_timezone {option!r} cannot be imported.")
-
-    return fail

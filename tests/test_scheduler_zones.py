@@ -107,8 +107,12 @@ def test_zones_are_read_for_all_tenants_with_one_statement(
     found = zones.zone_map(option)
     assert {name: found[name] for name in ZONES} == ZONES
     assert found["tz_mars"] == found["tenant1"] == "UTC"
-    assert statements(lambda: zones.zone_map(option)) == []  # kept until forget()
-    zones.forget()
+    assert statements(lambda: zones.zone_map(option)) == []  # kept
+    zones.forget()  # beat went to sleep: the checks of due times keep the read...
+    assert statements(lambda: zones.zone_map(option)) == []
+    assert len(statements(lambda: zones.zone_map(option, fresh=True))) == 1  # ...a send reads
+    assert statements(lambda: zones.zone_map(option, fresh=True)) == []  # once per burst
+    zones.max_age = 0  # and a read older than max_age is not used
     assert len(statements(lambda: zones.zone_map(option))) == 1
 
 
@@ -121,7 +125,7 @@ def test_an_unknown_zone_is_logged_once_per_tenant_and_value(
     def warnings_after_read() -> list[str]:
         caplog.clear()
         zones.forget()
-        zones.zone_map("timezone")
+        zones.zone_map("timezone", fresh=True)
         return [r.getMessage() for r in caplog.records if "'tz_mars'" in r.getMessage()]
 
     assert warnings_after_read() == [
@@ -153,6 +157,14 @@ def test_each_zone_gets_its_run_at_its_own_two_oclock(
     assert "tz_mars" in utc_tenants()  # its unknown zone: the app's (UTC)
     assert at(datetime(2026, 1, 11, 7, tzinfo=UTC), scheduler) == ["tz_ny"]
     assert at(datetime(2026, 1, 11, 16, tzinfo=UTC), scheduler) == []
+
+
+def test_idle_ticks_do_not_read_the_tenants(zoned_tenants: list[str], beat_queue: str) -> None:
+    with beat_schedule(schedule(beat_queue)):
+        scheduler = TenantAwareScheduler(app=app)
+    assert at(datetime(2026, 1, 10, 17, tzinfo=UTC), scheduler) == ["tz_tokyo"]
+    FrozenClock.now = datetime(2026, 1, 10, 18, tzinfo=UTC)
+    assert statements(lambda: [scheduler.tick() for _ in range(20)]) == []
 
 
 def test_messages_do_not_carry_the_zone_header(zoned_tenants: list[str], beat_queue: str) -> None:

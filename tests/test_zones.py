@@ -7,6 +7,7 @@ time-zone-aware crontab does in that zone.
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -126,6 +127,14 @@ def test_a_module_level_function_is_stored_as_its_import_path() -> None:
 def test_a_malformed_option_is_refused_naming_the_entry(value: object, problem: str) -> None:
     with pytest.raises(TenantConfigurationError, match=f"'nightly' {problem}"):
         validate_zone_option(value, "nightly")
+
+
+def test_an_import_path_must_name_a_function() -> None:
+    problem = re.escape("'nightly': 'tests.test_zones:nowhere'")
+    with pytest.raises(TenantConfigurationError, match=problem):
+        validate_zone_option("tests.test_zones:nowhere", "nightly")
+    with pytest.raises(TenantConfigurationError, match="does not name an importable function"):
+        validate_zone_option("tests.test_zones:UTC", "nightly")
 
 
 def test_a_local_function_is_refused() -> None:
