@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 from celery.schedules import BaseSchedule, crontab, schedstate
 from celery.utils.log import get_logger
 
+from .capture import TIMEZONE_HEADER
 from .conf import public_schema_name
 from .exceptions import TenantConfigurationError, _short_repr
 
@@ -301,6 +302,7 @@ class TenantZones:
         self._maps: dict[str, tuple[float, dict[str, str]]] = {}
         self._stale: set[str] = set()
         self._reported: dict[tuple[str, str], str] = {}
+        self._unsupported: set[str] = set()
 
     def zone_map(self, option: str, fresh: bool = False) -> dict[str, str]:
         """Return each tenant's zone name (schema name to zone) for ``option``.
@@ -335,10 +337,13 @@ class TenantZones:
         """Return the ``schemas`` of the zones where ``entry`` is due, and record their run.
 
         ``targets`` are the entry's targets (None: every tenant), whose zones the entry
-        keeps. An entry without ``tenant_timezone`` keeps all of ``schemas``.
+        keeps. An entry without ``tenant_timezone`` keeps all of ``schemas``; so does one
+        whose class does not make its schedule zoned (logged once).
         """
         schedule = getattr(entry, "schedule", None)
         if not isinstance(schedule, ZonedCrontab):
+            if TIMEZONE_HEADER in (entry.options.get("headers") or {}):
+                self._not_zoned(entry)
             return list(schemas)
         zones = self.zone_map(schedule.option, fresh=True)
         self.refresh(entry, targets)
@@ -350,6 +355,16 @@ class TenantZones:
     def forget(self) -> None:
         """Make the next send read the zones again (beat went to sleep)."""
         self._stale.update(self._maps)
+
+    def _not_zoned(self, entry: Any) -> None:
+        if entry.name not in self._unsupported:
+            self._unsupported.add(entry.name)
+            logger.warning(
+                "beat: Entry %r has a _tenant_timezone header, but its class %s does not "
+                "support tenant_timezone: it is sent to its tenants as its schedule says.",
+                entry.name,
+                type(entry).__name__,
+            )
 
     def _read(self, option: str) -> dict[str, str]:
         default = app_zone_name(self.app)

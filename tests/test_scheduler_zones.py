@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from celery.schedules import crontab
+from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from django_tenants.utils import schema_context
@@ -138,6 +139,16 @@ def test_an_unknown_zone_is_logged_once_per_tenant_and_value(
     Client.objects.filter(schema_name="tz_mars").update(timezone="Asia/Tokyo")
     assert warnings_after_read() == []
     assert zones.zone_map("timezone")["tz_mars"] == "Asia/Tokyo"
+
+
+def test_the_timezone_column_has_a_database_default() -> None:
+    # bench/beat.py inserts tenants with SQL, without the column
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO customers_client (schema_name, name) VALUES ('tz_raw', 'R')")
+    try:
+        assert Client.objects.get(schema_name="tz_raw").timezone == ""
+    finally:
+        Client.objects.filter(schema_name="tz_raw").delete()
 
 
 # TenantAwareScheduler ---------------------------------------------------------------------

@@ -15,12 +15,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from celery import Celery
+from celery.beat import ScheduleEntry
 from celery.schedules import crontab
 
 from tenant_schemas_celery.capture import BEAT_ONLY_HEADERS, TIMEZONE_HEADER
 from tenant_schemas_celery.exceptions import TenantConfigurationError
 from tenant_schemas_celery.scheduler import TenantAwareScheduleEntry, expand_entry
 from tenant_schemas_celery.zones import (
+    TenantZones,
     ZonedCrontab,
     app_zone_name,
     known_zone,
@@ -246,6 +248,21 @@ def test_a_clock_set_after_the_crontab_was_made_is_the_zones_clock() -> None:
 def test_an_unknown_zone_name_uses_the_app_zone() -> None:
     schedule = nightly(zones=("Mars/Olympus",))
     assert schedule.zone_cron("Mars/Olympus").tz == app.timezone
+
+
+def test_an_entry_class_without_zones_is_sent_as_it_is_and_logged_once(caplog: Any) -> None:
+    headers = {"_all_tenants_only": True, TIMEZONE_HEADER: "timezone"}
+    entry = ScheduleEntry(
+        name="n", task="t", schedule=crontab(hour=2), options={"headers": headers}, app=app
+    )
+    zones = TenantZones(app, lambda: None)  # never read: the entry has no zones
+    caplog.set_level("WARNING", "celery.beat")
+    assert zones.select(entry, ["a", "b"], None) == ["a", "b"]
+    assert zones.select(entry, ["a"], None) == ["a"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "beat: Entry 'n' has a _tenant_timezone header, but its class ScheduleEntry does not "
+        "support tenant_timezone: it is sent to its tenants as its schedule says."
+    ]
 
 
 # Daylight saving --------------------------------------------------------------------------
