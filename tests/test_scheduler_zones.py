@@ -216,6 +216,22 @@ def test_spring_forward_in_new_york_runs_once(zoned_tenants: list[str], beat_que
     assert sent == [("2026-03-08T07:30:00+00:00", "tz_ny")]
 
 
+def test_autumn_repeated_time_in_new_york_runs_once(
+    zoned_tenants: list[str], beat_queue: str
+) -> None:
+    config = schedule(beat_queue)
+    config["nightly"]["schedule"] = crontab(minute=30, hour=1, nowfun=CLOCK)
+    FrozenClock.now = datetime(2026, 10, 31, 12, tzinfo=UTC)
+    with beat_schedule(config):
+        scheduler = TenantAwareScheduler(app=app)
+    sent: list[tuple[str, str]] = []
+    for minute in range(0, 30 * 60, 10):  # 2026-10-31 12:00 UTC to 11-01 18:00 UTC
+        when = datetime(2026, 10, 31, 12, tzinfo=UTC) + timedelta(minutes=minute)
+        sent += [(when.isoformat(), name) for name in at(when, scheduler) if name == "tz_ny"]
+    # 01:30 happens twice on 2026-11-01 in New York: once, at 01:30 EDT (05:30 UTC)
+    assert sent == [("2026-11-01T05:30:00+00:00", "tz_ny")]
+
+
 # TenantAwarePersistentScheduler ----------------------------------------------------------
 
 
