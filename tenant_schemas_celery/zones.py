@@ -99,8 +99,10 @@ def zoned_schedule(schedule: Any, option: str | None, entry_name: str) -> Any:
         TenantConfigurationError: ``option`` is set and ``schedule`` is not a crontab
             (an interval has no wall-clock time), or ``option`` is malformed.
     """
+    if isinstance(schedule, ZonedCrontab):
+        return schedule
     option = validate_zone_option(option, entry_name)
-    if option is None or isinstance(schedule, ZonedCrontab):
+    if option is None:
         return schedule
     if not isinstance(schedule, crontab):
         raise TenantConfigurationError(
@@ -129,7 +131,6 @@ def _imported(path: str) -> Any:
 # Zone names -----------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1024)
 def known_zone(value: object) -> ZoneInfo | None:
     """Return the zone an IANA zone name stands for; None for anything else.
 
@@ -139,10 +140,13 @@ def known_zone(value: object) -> ZoneInfo | None:
         >>> known_zone("Mars/Olympus"), known_zone(""), known_zone(None)
         (None, None, None)
     """
-    if not isinstance(value, str) or not value:
-        return None
+    return _zone_named(value) if isinstance(value, str) and value else None
+
+
+@lru_cache(maxsize=1024)
+def _zone_named(name: str) -> ZoneInfo | None:
     try:
-        return ZoneInfo(value)
+        return ZoneInfo(name)
     except (KeyError, ValueError, OSError):  # not found, malformed, a directory of zones
         return None
 

@@ -179,7 +179,16 @@ def test_an_entry_with_the_header_gets_a_zoned_crontab() -> None:
 
 @pytest.mark.parametrize(
     ("value", "zone"),
-    [("Asia/Tokyo", "Asia/Tokyo"), ("Mars/Olympus", None), ("", None), (None, None), (3, None)],
+    [
+        ("Asia/Tokyo", "Asia/Tokyo"),
+        ("Mars/Olympus", None),
+        ("America", None),  # a directory of zones
+        ("../etc/passwd", None),
+        ("", None),
+        (None, None),
+        (3, None),
+        (["Asia/Tokyo"], None),  # unhashable
+    ],
 )
 def test_known_zone(value: object, zone: str | None) -> None:
     found = known_zone(value)
