@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from celery.schedules import crontab
 from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from django_tenants.utils import schema_context
@@ -115,6 +116,21 @@ def test_zones_are_read_for_all_tenants_with_one_statement(
     assert statements(lambda: zones.zone_map(option, fresh=True)) == []  # once per burst
     zones.max_age = 0  # and a read older than max_age is not used
     assert len(statements(lambda: zones.zone_map(option))) == 1
+
+
+def test_an_attribute_that_is_not_a_field_is_read_on_the_tenants(
+    zoned_tenants: list[str],
+) -> None:
+    # An annotation, like a property, is no column of the model: it is read with getattr
+    # on the tenants of one statement.
+    def queryset() -> Any:
+        return TenantAwareSchedulerMixin.get_queryset().annotate(zone=F("timezone"))
+
+    zones = TenantZones(app, queryset)
+    sent = statements(lambda: zones.zone_map("zone"))
+    assert len(sent) == 1
+    found = zones.zone_map("zone")
+    assert {name: found[name] for name in ZONES} == ZONES
 
 
 def test_an_unknown_zone_is_logged_once_per_tenant_and_value(
