@@ -17,8 +17,10 @@ SCHEMA_HEADER = "_schema_name"
 ALL_TENANTS_HEADER = "_all_tenants_only"
 #: Header of a schedule entry holding its ``tenant_spread_seconds``.
 SPREAD_HEADER = "_tenant_spread_seconds"
+#: Header of a schedule entry holding its ``tenant_timezone`` (see ``zones``).
+TIMEZONE_HEADER = "_tenant_timezone"
 #: Headers that instruct beat and are never sent to a worker.
-BEAT_ONLY_HEADERS = frozenset({ALL_TENANTS_HEADER, SPREAD_HEADER})
+BEAT_ONLY_HEADERS = frozenset({ALL_TENANTS_HEADER, SPREAD_HEADER, TIMEZONE_HEADER})
 #: Headers naming where a schedule entry goes (see ``entry_headers``).
 TARGET_HEADERS = frozenset({SCHEMA_HEADER, *BEAT_ONLY_HEADERS})
 
@@ -64,11 +66,15 @@ def headers_carrying(headers: Mapping[str, Any] | None, schema_name: str | None)
 
 
 def entry_headers(
-    headers: Mapping[str, Any], schema_name: str | None, spread: float = 0.0
+    headers: Mapping[str, Any],
+    schema_name: str | None,
+    spread: float = 0.0,
+    timezone: str | None = None,
 ) -> dict[str, Any]:
     """Return a schedule entry's ``headers`` with its targets replaced, as the PyPI package
     stores them: ``_schema_name`` naming the one schema, or (``schema_name`` None)
-    ``"_all_tenants_only": True``; and a spread window in ``_tenant_spread_seconds``.
+    ``"_all_tenants_only": True``; a spread window in ``_tenant_spread_seconds``; and a
+    ``tenant_timezone`` in ``_tenant_timezone``.
 
     Example:
         >>> entry_headers({"x": 1, "_schema_name": "a"}, None, 60)
@@ -81,4 +87,6 @@ def entry_headers(
         new_headers[SCHEMA_HEADER] = schema_name
     if spread:
         new_headers[SPREAD_HEADER] = spread
+    if timezone is not None:
+        new_headers[TIMEZONE_HEADER] = timezone
     return new_headers

@@ -18,12 +18,19 @@ from django_celery_beat.schedulers import ModelEntry
 from django_celery_beat.utils import NEVER_CHECK_TIMEOUT
 
 from .beat_sql import SCHEDULE_MODELS, schema_of, update_row
-from .capture import ALL_TENANTS_HEADER, SCHEMA_HEADER, SPREAD_HEADER, entry_headers
+from .capture import (
+    ALL_TENANTS_HEADER,
+    SCHEMA_HEADER,
+    SPREAD_HEADER,
+    TIMEZONE_HEADER,
+    entry_headers,
+)
 from .conf import public_schema_name
 from .internals import model_entry_now
 from .resolution import header_flag, validate_schema_name
 from .scheduler import expand_entry, logger
 from .spread import validate_spread
+from .zones import ZonedCrontab, zoned_schedule
 
 __all__ = ["TenantAwareModelEntry", "row_targets", "row_values"]
 
@@ -37,11 +44,16 @@ class TenantAwareModelEntry(ModelEntry):
             for a tenant row; for a public row, public, the schema of its
             ``_schema_name`` header, or every tenant (None) with ``_all_tenants_only``.
         tenant_spread_seconds(float): the ``_tenant_spread_seconds`` header, or 0.
+
+    With a ``_tenant_timezone`` header, a crontab row is due at its wall-clock time in
+    each tenant's zone (see ``zones.ZonedCrontab``; the row's own ``timezone`` is not
+    used then); the zones' last runs are kept in memory, from the row's ``last_run_at``.
     """
 
     schema_name: str
     tenant_schemas: tuple[str, ...] | None
     tenant_spread_seconds: float
+    schedule: Any
     #: The row's values when the entry was made (see ``row_values``): a read of the row
     #: that finds them again keeps the entry. They are taken before django-celery-beat
     #: fills in a missing ``last_run_at``; an entry made after a run holds the values
@@ -55,6 +67,15 @@ class TenantAwareModelEntry(ModelEntry):
         self.tenant_schemas, self.tenant_spread_seconds = row_targets(
             self.schema_name, self.options["headers"]
         )
+        zone = self.options["headers"].get(TIMEZONE_HEADER)
+        self.schedule = zoned_schedule(self.schedule, zone, self.name)
+
+    def __next__(self) -> TenantAwareModelEntry:
+        """django-celery-beat's next entry; a ``tenant_timezone`` row keeps its zones' runs."""
+        new_entry: TenantAwareModelEntry = super().__next__()
+        if isinstance(new_entry.schedule, ZonedCrontab):
+            new_entry.schedule.adopt_runs(self.schedule)
+        return new_entry
 
     @classmethod
     def from_entry(cls, name: str, app: Any = None, **entry: Any) -> TenantAwareModelEntry:

@@ -26,7 +26,13 @@ from celery.beat import PersistentScheduler, ScheduleEntry, Scheduler
 from celery.utils.log import get_logger
 from kombu.utils.objects import cached_property
 
-from .capture import ALL_TENANTS_HEADER, SCHEMA_HEADER, SPREAD_HEADER, entry_headers
+from .capture import (
+    ALL_TENANTS_HEADER,
+    SCHEMA_HEADER,
+    SPREAD_HEADER,
+    TIMEZONE_HEADER,
+    entry_headers,
+)
 from .conf import beat_heartbeat_file, public_schema_name
 from .fanout import is_fanout_copy, send_to_schemas
 from .internals import rebuild_heap, sync_scheduler
@@ -35,6 +41,7 @@ from .liveness import HeartbeatFile
 from .resolution import header_flag, validate_schema_list, validate_schema_name
 from .spread import validate_spread
 from .targets import TenantTargets, tenant_queryset
+from .zones import TenantZones, ZonedCrontab, validate_zone_option, zoned_schedule
 
 if TYPE_CHECKING:
     from celery.beat import Scheduler as _SchedulerBase
@@ -81,6 +88,8 @@ class TenantAwareScheduleEntry(ScheduleEntry):
             every schema's message is delayed by a stable offset in ``[0, window)``.
             By default the ``_tenant_spread_seconds`` header, or 0 (no delay).
 
+    With a ``_tenant_timezone`` header (see ``expand_entry``), its crontab schedule
+    becomes a ``zones.ZonedCrontab``: due at its wall-clock time in each tenant's zone.
     The other parameters are those of ``celery.beat.ScheduleEntry``. A ninth
     positional field that is not Celery's ``relative`` flag (the ``tenant_schemas``
     that schedule files of the PyPI package's older releases hold) is dropped.
@@ -88,6 +97,7 @@ class TenantAwareScheduleEntry(ScheduleEntry):
 
     tenant_schemas: tuple[str, ...] | None = None
     tenant_spread_seconds: float = 0.0
+    schedule: Any
 
     def __init__(
         self,
@@ -110,6 +120,7 @@ class TenantAwareScheduleEntry(ScheduleEntry):
             if tenant_spread_seconds is None
             else validate_spread(tenant_spread_seconds)
         )
+        self.schedule = zoned_schedule(self.schedule, headers.get(TIMEZONE_HEADER), self.name)
 
     def __reduce__(self) -> tuple[Any, ...]:
         cls, args = super().__reduce__()
@@ -120,7 +131,11 @@ class TenantAwareScheduleEntry(ScheduleEntry):
         return cls, args, state
 
     def update(self, other: ScheduleEntry) -> None:
-        """Update the editable fields, the tenant options included, from ``other``."""
+        """Update the editable fields, the tenant options included, from ``other``.
+
+        A ``tenant_timezone`` entry keeps its zones' last runs while its crontab is unchanged.
+        """
+        older = self.schedule
         super().update(other)
         if isinstance(other, TenantAwareScheduleEntry):
             self.tenant_schemas = other.tenant_schemas
@@ -129,6 +144,9 @@ class TenantAwareScheduleEntry(ScheduleEntry):
             headers = self.options.get("headers") or {}
             self.tenant_schemas = header_targets(headers)
             self.tenant_spread_seconds = validate_spread(headers.get(SPREAD_HEADER), SPREAD_HEADER)
+            self.schedule = zoned_schedule(self.schedule, headers.get(TIMEZONE_HEADER), self.name)
+        if isinstance(self.schedule, ZonedCrontab):
+            self.schedule.adopt_runs(older)
 
     def editable_fields_equal(self, other: ScheduleEntry) -> bool:
         return (
@@ -148,13 +166,17 @@ def expand_entry(name: str, fields: Mapping[str, Any]) -> dict[str, dict[str, An
     ``tenant_schemas`` gives one ``NAME@SCHEMA`` entry per schema, its schema in
     ``options["headers"]["_schema_name"]``; without it, one ``NAME@__all_tenants_only__``
     entry with ``options["headers"]["_all_tenants_only"] = True``. A spread is kept
-    in the ``_tenant_spread_seconds`` header. Celery's built-in tasks (``celery.*``)
+    in the ``_tenant_spread_seconds`` header, a ``tenant_timezone`` (attribute name or
+    module-level function, see ``zones``) in the ``_tenant_timezone`` header (a
+    function as its import path). Celery's built-in tasks (``celery.*``)
     without ``tenant_schemas`` keep their name and run once, in public. The fields
     are Celery's only, so any scheduler's entry class takes them.
 
     Raises:
-        TenantConfigurationError: ``tenant_schemas`` or ``tenant_spread_seconds`` is malformed
-            (the message names the option and what is wrong with it).
+        TenantConfigurationError: ``tenant_schemas``, ``tenant_spread_seconds`` or
+            ``tenant_timezone`` is malformed, or ``tenant_timezone`` is given with a
+            schedule that is not a crontab (the message names the option and what is
+            wrong with it).
 
     Example:
         >>> expand_entry("report", {"task": "t", "schedule": 60, "tenant_schemas": ["a"]})
@@ -165,21 +187,23 @@ def expand_entry(name: str, fields: Mapping[str, Any]) -> dict[str, dict[str, An
     fields = dict(fields)
     schemas = fields.pop("tenant_schemas", None)
     spread = validate_spread(fields.pop("tenant_spread_seconds", None))
+    zone = validate_zone_option(fields.pop("tenant_timezone", None), name)
+    zoned_schedule(fields.get("schedule"), zone, name)  # only a crontab has a wall-clock time
     if schemas is None and str(fields.get("task", "")).startswith(CELERY_TASK_PREFIX):
-        return {name: _with_targets(fields, public_schema_name(), spread)}
+        return {name: _with_targets(fields, public_schema_name(), spread, zone)}
     if schemas is None:
-        return {f"{name}@{ALL_TENANTS}": _with_targets(fields, None, spread)}
+        return {f"{name}@{ALL_TENANTS}": _with_targets(fields, None, spread, zone)}
     return {
-        f"{name}@{schema}": _with_targets(fields, schema, spread)
+        f"{name}@{schema}": _with_targets(fields, schema, spread, zone)
         for schema in validate_schema_list(schemas)
     }
 
 
 def _with_targets(
-    fields: Mapping[str, Any], schema_name: str | None, spread: float
+    fields: Mapping[str, Any], schema_name: str | None, spread: float, zone: str | None
 ) -> dict[str, Any]:
     options = dict(fields.get("options") or {})
-    options["headers"] = entry_headers(options.get("headers") or {}, schema_name, spread)
+    options["headers"] = entry_headers(options.get("headers") or {}, schema_name, spread, zone)
     return {**fields, "options": options}
 
 
@@ -249,6 +273,33 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         """The tenants of ``get_queryset()``, read at most once per burst of due entries."""
         return TenantTargets(self.get_queryset)
 
+    @cached_property
+    def tenant_zones(self) -> TenantZones:
+        """The tenants' zones of ``tenant_timezone`` entries, read again with the tenants."""
+        return TenantZones(self.app, self.get_queryset)
+
+    def is_due(self, entry: Any) -> Any:
+        """The entry's ``is_due``; a ``tenant_timezone`` entry first gets its tenants' zones."""
+        self._refresh_zones(entry)
+        return super().is_due(entry)
+
+    def populate_heap(self, *args: Any, **kwargs: Any) -> None:
+        """The base scheduler's ``populate_heap``, ``tenant_timezone`` entries zoned first."""
+        for entry in list(self.schedule.values()):
+            self._refresh_zones(entry)
+        super().populate_heap(*args, **kwargs)
+
+    def _refresh_zones(self, entry: Any) -> None:
+        if not isinstance(getattr(entry, "schedule", None), ZonedCrontab):
+            return
+        try:
+            self.tenant_zones.refresh(entry, entry_targets(entry))
+        except Exception:
+            logger.exception(
+                "beat: Could not read the tenants' time zones of %s; using those read before.",
+                entry.name,
+            )
+
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         """Send ``entry`` to each of its schemas; log, never raise, on failure.
 
@@ -258,7 +309,9 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
             logger.debug("beat: Not the leader: not sending %s.", entry.name)
             return
         try:
-            schemas = self.tenant_targets.resolve(entry_targets(entry))
+            targets = entry_targets(entry)
+            schemas = self.tenant_targets.resolve(targets)
+            schemas = self.tenant_zones.select(entry, schemas, targets)  # tenant_timezone
             logger.info(
                 "beat: Sending due task %s (%s) to %d schema(s).",
                 entry.name,
@@ -384,6 +437,7 @@ class TenantAwareSchedulerMixin(_SchedulerBase):
         delay: float = super().tick(*args, **kwargs)
         if delay:
             self.tenant_targets.forget()
+            self.tenant_zones.forget()
             if election is not None:
                 delay = min(delay, election.max_delay())
         return delay

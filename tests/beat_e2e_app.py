@@ -6,7 +6,8 @@ with ``-I`` for the tasks. Runs are recorded in the Redis list ``TSC_BEAT_E2E_KE
 
 ``TSC_BEAT_E2E_SCHEDULE`` picks the schedule: ``"static"`` (default) for the in-memory
 schedulers, whose entries pass their due time as an argument; ``"rows"`` for
-``TenantAwareDatabaseScheduler``, whose rows run ``ROW_TASK``. A row's arguments are fixed
+``TenantAwareDatabaseScheduler``, whose rows run ``ROW_TASK``; ``"zoned"`` for one
+``tenant_timezone`` crontab entry. A row's arguments are fixed
 JSON, so beat stamps each message of it with its due time (``DUE_HEADER``) as it publishes
 it. Beat records every message it publishes in ``TSC_BEAT_E2E_KEY:sent``, the same way.
 """
@@ -16,10 +17,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis
 from celery.beat import BeatLazyFunc
+from celery.schedules import crontab
 from celery.signals import before_task_publish
 from django.conf import settings
 from django.db import connection
@@ -100,7 +104,19 @@ def _entry(name: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-if os.environ.get("TSC_BEAT_E2E_SCHEDULE", "static") == "rows":
+_SCHEDULE = os.environ.get("TSC_BEAT_E2E_SCHEDULE", "static")
+if _SCHEDULE == "zoned":
+    # Due every minute of Tokyo's current and next hour in each tenant's zone (the tenant
+    # model's ``timezone``): never at the same time in UTC, Europe or America.
+    _hour = datetime.now(ZoneInfo("Asia/Tokyo")).hour
+    app.conf.beat_schedule = {
+        "tokyo-hours": _entry(
+            "tokyo-hours",
+            schedule=crontab(minute="*", hour=f"{_hour},{(_hour + 1) % 24}"),
+            tenant_timezone="timezone",
+        )
+    }
+elif _SCHEDULE == "rows":
     # Installed as the public row "every-tenant@__all_tenants_only__"; the test adds others.
     app.conf.beat_schedule = {"every-tenant": {"task": ROW_TASK, "schedule": INTERVAL}}
 else:

@@ -67,6 +67,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -736,6 +737,31 @@ def test_beat_schedule_with_each_scheduler(project: Project, line: int, tmp_path
         assert_between(eta - offset, before, after)
         expires = datetime.fromisoformat(message["expires"])
         assert_between(expires - timedelta(hours=1), eta, eta)
+
+
+@exercises("tenant-timezone")
+def test_tenant_timezone_runs_at_each_tenants_own_wall_clock_time(
+    project: Project, beat_db: None
+) -> None:
+    app = project.app
+    with beat_schedule_of(app):
+        run_python(block("tenant-timezone"), {"app": app})
+        scheduler = TenantAwareScheduler(app=app)
+    entry = scheduler.schedule["nightly-cleanup@__all_tenants_only__"]
+    assert entry.options["headers"]["_tenant_timezone"] == "timezone"
+    clock = [datetime(2026, 1, 10, 12, tzinfo=dt_timezone.utc)]
+    entry.schedule.nowfun = lambda: clock[0]
+    entry.last_run_at = clock[0]
+    with sql_tenants("tokyo_tenant", beat_tables=False):
+        Client.objects.filter(schema_name="tokyo_tenant").update(timezone="Asia/Tokyo")
+        clock[0] = datetime(2026, 1, 10, 17, tzinfo=dt_timezone.utc)  # 02:00 in Tokyo
+        scheduler._heap = None
+        run_due(scheduler)
+        assert [m["_schema_name"] for m in drain(SCRATCH_QUEUE)] == ["tokyo_tenant"]
+        clock[0] = datetime(2026, 1, 11, 2, tzinfo=dt_timezone.utc)  # 02:00 in UTC
+        run_due(scheduler)
+        others = sorted(set(every_tenant()) - {"tokyo_tenant"})
+        assert sorted(m["_schema_name"] for m in drain(SCRATCH_QUEUE)) == others
 
 
 @exercises("readiness-scheduler", "readiness-beat")
