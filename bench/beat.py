@@ -46,11 +46,11 @@ due every second, a tenth of a second apart, whose sends are recorded, not
 published (the tenants' rows are made not due first: their ``last_run_at`` set a
 day ahead). For each variant: the first load (until the public rows are first sent, and
 until the tenants' rows are all loaded, from the scheduler's creation), the largest
-delay between a due time and its send while the tenants' rows load (after the
-scheduler was made), how long the swap of the first load took (its merge and heap
-rebuild), the largest delay in a steady state (3 s) and during a full read (forced,
-as every ``full_read_interval``), and how long that full read took (until its result
-was swapped in).
+delay between a due time and its send during the first load and the second after
+(the rows are due when the scheduler is made), how long the tick that swapped the
+first load in took (the merge, the heap rebuild, its send), the largest delay in a
+steady state (3 s) and during a full read (forced, as every ``full_read_interval``),
+and how long that full read took (until its result was swapped in).
 """
 
 from __future__ import annotations
@@ -367,8 +367,8 @@ STALL_ENTRIES = 10  # public rows due every second, a tenth of a second apart
 class Stall(NamedTuple):
     public_first_sent: float  # s from the scheduler's creation
     tenants_loaded: float  # s from the scheduler's creation
-    load_delay: float  # largest delay of a due send while the tenants' rows load (s)
-    swap_in: float  # the tick swapping the first load in (0: no background read)
+    load_delay: float  # largest delay of a due send during the first load, and 1 s after
+    swap_in: float  # the tick that swapped the first load in (0: no background read)
     steady_delay: float  # ... in a steady state, no read running
     read_delay: float  # ... while a full read runs
     read_time: float  # the full read, until swapped in
@@ -448,12 +448,17 @@ def measure_stall(background: bool) -> Stall:
                 sends.append((time.perf_counter(), max(0.0, late)))
 
         def _swap_in_read(self, wait: bool = False) -> bool:
-            started = time.perf_counter()
             swapped = super()._swap_in_read(wait)
             if swapped:
                 swaps.append(time.perf_counter())
-                swap_times.append(swaps[-1] - started)
             return swapped
+
+        def tick(self, *args: Any, **kwargs: Any) -> float:
+            started, before = time.perf_counter(), len(swaps)
+            delay = super().tick(*args, **kwargs)
+            if len(swaps) > before:  # with the heap rebuilt, and the sends of this tick
+                swap_times.append(time.perf_counter() - started)
+            return delay
 
     def loop(until: Callable[[], bool]) -> None:
         while not until():
@@ -487,7 +492,7 @@ def measure_stall(background: bool) -> Stall:
     return Stall(
         public_first_sent,
         loaded - created,
-        largest(made, loaded),
+        largest(created, loaded + 1),
         swap_times[0] if background and swap_times else 0.0,
         largest(steady, forced),
         largest(forced, read_done + 1.5),
