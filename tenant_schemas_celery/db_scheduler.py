@@ -30,11 +30,12 @@ Large reads run off the beat loop: in the loop (and at start), a read of more th
 ``batch_size`` schemas (the first load of the tenants' rows, the full read every
 ``full_read_interval``, a reload after many schemas changed) runs in one background
 thread with its own connections (see ``background_read``), which builds the entries
-too; the loop keeps sending the current schedule, and swaps the result in at its
-next tick (``_swap_in_read``). At start the public rows (``beat_schedule`` included)
-are read at once, the tenants' in the background. A read of ``schedule`` outside
-the loop waits for a read in flight, or reads at once: it is complete and current.
-``background_read = False`` reads everything in the loop, as before.
+and their heap events too; the loop keeps sending the current schedule, and swaps
+the result in at its next tick (``_swap_in_read``: the merge, a heapify). At start
+the public rows (``beat_schedule`` included) are read at once, the tenants' in the
+background. A read of ``schedule`` outside the loop waits for a read in flight, or
+reads at once: it is complete and current. ``background_read = False`` reads
+everything in the loop, as before.
 
 The parts: ``change_check`` (when to look for changes, and what the last look found),
 ``schema_entries`` (each schema's entries, and their merge into one schedule),
@@ -44,6 +45,7 @@ The parts: ``change_check`` (when to look for changes, and what the last look fo
 from __future__ import annotations
 
 import functools
+import heapq
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,8 +70,10 @@ from .change_check import ChangeCheck, PendingReload, Signature
 from .conf import public_schema_name
 from .internals import (
     dirty_entry_names,
+    heap_event,
     invalidate_heap,
     scheduler_entries,
+    set_heap,
     set_scheduler_entries,
     take_heap_invalidated,
 )
@@ -99,10 +103,12 @@ _POLL_WHILE_READING = 1.0
 
 @dataclass(frozen=True)
 class _ReadResult:
-    """A background read: the reload it answers, and the new state of each schema read."""
+    """A background read: the reload it answers, the new state of each schema read, and the
+    heap event of each of their entries (by ``id``: the entry and its event)."""
 
     reload: PendingReload
     states: dict[str, SchemaState]
+    events: dict[int, tuple[Any, Any]]
 
 
 class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler):
@@ -364,7 +370,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             name: states[name] for name in result.reload.signatures if name in states
         }
         self.change_check.reloaded(result.reload)
-        self._install(self.schema_entries.merge())
+        self._install_read(self.schema_entries.merge(), result.events, advanced)
         return True
 
     def _keep_runs(self, advanced: set[str], states: Mapping[str, SchemaState]) -> None:
@@ -413,9 +419,47 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
                     name, rows[name], known.get(name), entries.make_entry, entries.values
                 )
                 states[name] = SchemaState(reload.signatures[name], made, rejected)
-            return _ReadResult(reload, states)
+            events = {
+                id(entry): (entry, event)
+                for state in states.values()
+                for entry in state.entries.values()
+                if (event := self._heap_event(entry)) is not None
+            }
+            return _ReadResult(reload, states, events)
         finally:
             connections.close_all()  # this thread's own, if an entry wrote (none usually)
+
+    def _install_read(
+        self, entries: dict[str, Any], events: Mapping[int, tuple[Any, Any]], advanced: set[str]
+    ) -> None:
+        """Make ``entries`` the schedule, with a heap of the ``events`` the reading thread
+        made (those of the entries it did not make, or ``advanced``, are made here)."""
+        current = scheduler_entries(self)
+        set_scheduler_entries(self, entries)
+        if _same_entries(current, entries):
+            return
+        heap = []
+        for name, entry in entries.items():
+            known = events.get(id(entry))
+            if known is not None and known[0] is entry and name not in advanced:
+                event = known[1]
+            else:
+                event = self._heap_event(entry)
+            if event is None:  # is_due() raised: Celery's own rebuild handles it
+                invalidate_heap(self)
+                return
+            heap.append(event)
+        heapq.heapify(heap)
+        set_heap(self, heap)
+
+    def _heap_event(self, entry: Any) -> Any:
+        """Return the heap event of ``entry``, as Celery's ``populate_heap`` makes it (None:
+        its ``is_due()`` raised)."""
+        try:
+            is_due, next_time_to_run = entry.is_due()
+        except Exception:
+            return None
+        return heap_event(self, entry, 0 if is_due else next_time_to_run)
 
     def _install(self, entries: dict[str, Any], initial: bool = False) -> None:
         """Make ``entries`` the schedule; the heap is rebuilt only if an entry changed."""

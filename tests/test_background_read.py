@@ -180,10 +180,10 @@ def test_at_start_public_rows_are_sent_while_tenant_rows_load(
     beat_queue: str, gate: Gate, schedulers: list[Any]
 ) -> None:
     add_task("public", "pub", queue=beat_queue)
-    add_task("tenant1", "job@tenant1", queue=beat_queue)
+    add_task("tenant1", "job@tenant1", queue=beat_queue, every=1)
     with sql_tenants("bg_a", "bg_b"):
         for name in ("bg_a", "bg_b"):
-            add_task(name, f"job@{name}", queue=beat_queue)
+            add_task(name, f"job@{name}", queue=beat_queue, every=1)
         flush_stats()
         code = {"task": TASK, "schedule": 5, "tenant_schemas": ["public"]}
         with beat_schedule({"code": code}):
@@ -201,6 +201,16 @@ def test_at_start_public_rows_are_sent_while_tenant_rows_load(
         tick_until_read(scheduler)
         assert {"job@tenant1", "job@bg_a", "job@bg_b"} <= set(entries(scheduler))
         assert {"pub", "code@public"} <= set(entries(scheduler))
+        # The heap came with the read (not rebuilt by the loop), and the loop sends from it
+        assert not scheduler._heap_invalidated
+        assert {event.entry.name for event in scheduler._heap} == set(entries(scheduler))
+        sent: set[str] = set()
+        deadline = time.monotonic() + WAIT
+        while not {"tenant1", "bg_a", "bg_b"} <= sent:
+            assert time.monotonic() < deadline, sent
+            time.sleep(max(0.0, min(scheduler.tick(), 0.2)))
+            sent.update(schemas_of(drain(beat_queue)))
+        scheduler.close()  # saves the runs while the schemas are there
 
 
 def test_schedule_outside_the_loop_waits_for_the_read(
