@@ -279,7 +279,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
         """
         check = self.change_check
         pending = check.take_pending()
-        background = self.background_read and self._in_loop > 0
+        background = self.background_read and self._in_loop > 0 and not self._reader.busy
         with logged_database_errors(*_READ_ERRORS) as attempt:
             if pending is None and background and len(self.schema_entries.states) > self.batch_size:
                 check.begin_full_read()

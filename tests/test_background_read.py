@@ -294,3 +294,22 @@ def test_a_failing_read_leaves_the_thread_running() -> None:
     assert reader.close(timeout=WAIT) and not reader.alive
     with pytest.raises(RuntimeError, match="closed"):
         reader.start(lambda: 3)
+
+
+def test_a_reload_of_many_changed_schemas_runs_in_the_background(
+    beat_queue: str, gate: Gate, schedulers: list[Any]
+) -> None:
+    scheduler = start(schedulers)
+    gate.open()
+    tick_until_read(scheduler)
+    read_before = gate.statements
+    # When more than batch_size schemas change, the loop's check hands their read over
+    add_task("tenant1", "new@tenant1", queue=beat_queue)
+    add_task("tenant2", "new@tenant2", queue=beat_queue)
+    flush_stats()
+    scheduler.tick()
+    assert scheduler._reader.busy
+    tick_until_read(scheduler)
+    assert gate.statements > read_before  # read by the reading thread
+    assert entries(scheduler)["new@tenant1"].schema_name == "tenant1"
+    assert entries(scheduler)["new@tenant2"].schema_name == "tenant2"
