@@ -411,7 +411,11 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
                 assert signatures is not None
                 reload = PendingReload.every_schema(digest, signatures)
             names = reload.reading
-            rows = by_schema(read_enabled_on(readers, names, self.batch_size), names)
+            # The first load (public read already) shares the schemas among the connections
+            # as the full reads will, so that each reads the tables it keeps warm
+            public = public_schema_name()
+            shared = [public, *names] if reload.full and public not in names else names
+            rows = by_schema(read_enabled_on(readers, shared, self.batch_size), shared)
             known, entries = self.schema_entries.states, self.schema_entries
             states = {}
             for name in names:
