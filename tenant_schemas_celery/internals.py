@@ -152,6 +152,15 @@ def heap_event(scheduler: Any, entry: Any, next_time_to_run: float) -> Any:
     return event_t(scheduler._when(entry, next_time_to_run) or 0, 5, entry)
 
 
+def scheduler_heap(scheduler: Any) -> list[Any] | None:
+    """Return the heap Celery's ``tick`` sends from (None: not built yet), one event per entry.
+
+    Upstream private: ``Scheduler._heap`` (see ``set_heap``).
+    """
+    heap: list[Any] | None = scheduler._heap
+    return heap
+
+
 def set_heap(scheduler: Any, events: list[Any]) -> None:
     """Make ``events`` (events of ``heap_event``, heapified) the heap Celery's ``tick`` sends from.
 

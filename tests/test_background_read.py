@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from django.db import DatabaseError
 from django.db.backends.signals import connection_created
+from django_celery_beat.models import PeriodicTask
+from django_tenants.utils import schema_context
 
 from tenant_schemas_celery import internals
 from tenant_schemas_celery.background_read import BackgroundRead
@@ -313,3 +315,31 @@ def test_a_reload_of_many_changed_schemas_runs_in_the_background(
     assert gate.statements > read_before  # read by the reading thread
     assert entries(scheduler)["new@tenant1"].schema_name == "tenant1"
     assert entries(scheduler)["new@tenant2"].schema_name == "tenant2"
+
+
+def test_a_reload_keeps_the_heap_events_of_unchanged_entries(
+    beat_queue: str, schedulers: list[Any]
+) -> None:
+    add_task("tenant1", "same@tenant1", queue=beat_queue)
+    add_task("tenant2", "edited@tenant2", queue=beat_queue)
+    with beat_schedule({}):
+        scheduler = TenantAwareDatabaseScheduler(app=app)  # few schemas: read in the loop
+    schedulers.append(scheduler)
+    scheduler.check_interval = 0
+    flush_stats()
+    scheduler.tick()
+    before = {event.entry.name: event for event in scheduler._heap}
+    # When one row is edited, the next tick reloads its schema
+    with schema_context("tenant2"):
+        edited = PeriodicTask.objects.get(name="edited@tenant2")
+        edited.kwargs = '{"x": 1}'
+        edited.save()
+    flush_stats()
+    scheduler.tick()
+    # Then the heap was not rebuilt: the other entries keep their events, the edited
+    # row's new entry has its own
+    after = {event.entry.name: event for event in scheduler._heap}
+    assert after.keys() == before.keys() == set(entries(scheduler))
+    assert after["same@tenant1"] is before["same@tenant1"]
+    assert after["edited@tenant2"].entry is entries(scheduler)["edited@tenant2"]
+    assert after["edited@tenant2"].entry.kwargs == {"x": 1}

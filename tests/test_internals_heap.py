@@ -72,3 +72,12 @@ def test_tick_sends_from_the_heap_set_without_rebuilding_it() -> None:
     assert scheduler.tick() == 0
     assert scheduler.sent == ["due"]
     assert scheduler._heap is events
+
+
+def test_scheduler_heap_is_what_populate_heap_builds_and_tick_sends_from() -> None:
+    due = _entry("due", 2)
+    scheduler = _Recording({"due": due})
+    assert internals.scheduler_heap(scheduler) is None  # built at the first tick
+    scheduler.populate_heap()
+    heap = internals.scheduler_heap(scheduler)
+    assert heap is scheduler._heap and [event.entry for event in heap] == [due]
