@@ -116,6 +116,11 @@ def tick_until_read(scheduler: Any) -> None:
         time.sleep(0.01)
 
 
+def heap(scheduler: Any) -> list[Any]:
+    """The events of the beat heap (Celery's ``tick`` sends from it)."""
+    return internals.scheduler_heap(scheduler) or []
+
+
 def entries(scheduler: Any) -> dict[str, Any]:
     """The entries the scheduler holds, without a check (``schedule`` may check)."""
     return internals.scheduler_entries(scheduler) or {}
@@ -204,8 +209,8 @@ def test_at_start_public_rows_are_sent_while_tenant_rows_load(
         assert {"job@tenant1", "job@bg_a", "job@bg_b"} <= set(entries(scheduler))
         assert {"pub", "code@public"} <= set(entries(scheduler))
         # The heap came with the read (not rebuilt by the loop), and the loop sends from it
-        assert not scheduler._heap_invalidated
-        assert {event.entry.name for event in scheduler._heap} == set(entries(scheduler))
+        assert not internals.take_heap_invalidated(scheduler)
+        assert {event.entry.name for event in heap(scheduler)} == set(entries(scheduler))
         sent: set[str] = set()
         deadline = time.monotonic() + WAIT
         while not {"tenant1", "bg_a", "bg_b"} <= sent:
@@ -328,7 +333,7 @@ def test_a_reload_keeps_the_heap_events_of_unchanged_entries(
     scheduler.check_interval = 0
     flush_stats()
     scheduler.tick()
-    before = {event.entry.name: event for event in scheduler._heap}
+    before = {event.entry.name: event for event in heap(scheduler)}
     # When one row is edited, the next tick reloads its schema
     with schema_context("tenant2"):
         edited = PeriodicTask.objects.get(name="edited@tenant2")
@@ -338,7 +343,7 @@ def test_a_reload_keeps_the_heap_events_of_unchanged_entries(
     scheduler.tick()
     # Then the heap was not rebuilt: the other entries keep their events, the edited
     # row's new entry has its own
-    after = {event.entry.name: event for event in scheduler._heap}
+    after = {event.entry.name: event for event in heap(scheduler)}
     assert after.keys() == before.keys() == set(entries(scheduler))
     assert after["same@tenant1"] is before["same@tenant1"]
     assert after["edited@tenant2"].entry is entries(scheduler)["edited@tenant2"]
