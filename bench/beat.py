@@ -28,13 +28,31 @@ are those sent through Django, ``SET search_path`` included):
   ``scheduler.schedule``. The edit is made visible to PostgreSQL's statistics at
   once (``pg_stat_force_next_flush()``); another process's edit shows within about
   a second, or 10 s after that process's previous flush;
-* full reload: the scheduler's full read (every ``full_read_interval``, 5 minutes), forced;
+* full reload: the scheduler's full read (every ``full_read_interval``, 5 minutes), forced,
+  as in the beat loop: read in the background, until swapped in;
 * fan-out: ``TenantAwareScheduler.apply_entry`` of one entry without
   ``tenant_schemas``: a message to every tenant, over Redis (database 8, a fresh
   queue, purged afterwards); median of 3. The test project has a Redis result
   backend, and Celery subscribes to the result of every message it sends, unless
   sent with ``ignore_result``: the last column sends with
   ``options={"ignore_result": True}``.
+
+The first load here includes waiting for the background read of the tenants' rows
+(the scheduler is made, then ``scheduler.schedule`` read, which waits for it).
+
+Then the beat loop's stall (``--no-stall`` skips it), with the background read off
+and on, side by side in one run: a loop ticking as ``celery beat``'s does (the
+scheduler's ``tick()``, then a sleep of the delay it returns) with 10 public rows
+due every second, a tenth of a second apart, whose sends are recorded, not
+published (the tenants' rows are made not due first, once per database: their
+``last_run_at`` set ten years ahead). For each variant: the first load (until the
+public rows are first sent, and until the tenants' rows are all loaded, from the
+scheduler's creation), the largest
+delay between a due time and its send during the first load and the second after
+(the rows are due when the scheduler is made), how long the tick that swapped the
+first load in took (the merge, the heap rebuild, its send), the largest delay in a
+steady state (3 s) and during a full read (forced, as every ``full_read_interval``),
+and how long that full read took (until its result was swapped in).
 """
 
 from __future__ import annotations
@@ -79,6 +97,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--task-every", type=int, default=1, help="only every N-th tenant has a periodic task"
     )
+    parser.add_argument("--no-stall", action="store_true", help="skip the beat loop's stall")
     return parser.parse_args()
 
 
@@ -283,9 +302,11 @@ def measure_count(tenants: int, task_every: int) -> dict[str, Result]:
     measure = Measure()
     results: dict[str, Result] = {}
     holder: dict[str, Any] = {}
-    results["first load"] = measure(
-        lambda: holder.setdefault("scheduler", TenantAwareDatabaseScheduler(app=app))
-    )
+
+    def first_load() -> None:  # the tenants' rows are read in the background: waited for
+        holder.setdefault("scheduler", TenantAwareDatabaseScheduler(app=app)).schedule  # noqa: B018
+
+    results["first load"] = measure(first_load)
     scheduler = holder["scheduler"]
     scheduler.check_interval = 0
     with_task = -(-tenants // task_every)
@@ -299,7 +320,9 @@ def measure_count(tenants: int, task_every: int) -> dict[str, Result]:
 
     def full_reload() -> None:
         scheduler.change_check.force_full_read()  # a full read is due (full_read_interval)
-        scheduler.schedule  # noqa: B018
+        with scheduler._looping():  # as in the beat loop: read in the background...
+            scheduler.schedule  # noqa: B018
+        scheduler._swap_in_read(wait=True)  # ...until swapped in
 
     results["full reload"] = measure(full_reload)
     scheduler.close()
@@ -342,6 +365,159 @@ COLUMNS = [
 ]
 
 
+STALL_ENTRIES = 10  # public rows due every second, a tenth of a second apart
+
+
+class Stall(NamedTuple):
+    public_first_sent: float  # s from the scheduler's creation
+    tenants_loaded: float  # s from the scheduler's creation
+    load_delay: float  # largest delay of a due send during the first load, and 1 s after
+    swap_in: float  # the tick that swapped the first load in (0: no background read)
+    steady_delay: float  # ... in a steady state, no read running
+    read_delay: float  # ... while a full read runs
+    read_time: float  # the full read, until swapped in
+
+
+def not_due_tenant_rows() -> None:
+    """Set ``last_run_at`` of every bench tenant's row to ten years ahead, unless it is already
+    (once per database: the updates leave dead rows for autovacuum), by batches of schemas."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT schema_name FROM customers_client WHERE schema_name LIKE 'bench%%' ORDER BY 1"
+        )
+        names = [name for (name,) in cursor.fetchall()]
+        for low in range(0, len(names), 200):
+            cursor.execute(
+                ";".join(
+                    f'UPDATE "{name}".django_celery_beat_periodictask '
+                    "SET last_run_at = now() + interval '10 years' "
+                    "WHERE last_run_at IS NULL OR last_run_at < now() + interval '1 year'"
+                    for name in names[low : low + 200]
+                )
+            )
+
+
+def add_due_rows() -> None:
+    """Public rows ``due-N``, every second, the N-th due N tenths of a second from now."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    from tests.beat_helpers import flush_stats
+
+    every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    now = timezone.now()
+    for index in range(STALL_ENTRIES):
+        PeriodicTask.objects.update_or_create(
+            name=f"due-{index}",
+            defaults={
+                "task": TASK,
+                "interval": every,
+                "enabled": True,
+                "last_run_at": now - timedelta(seconds=1 - index / STALL_ENTRIES),
+            },
+        )
+    flush_stats()
+
+
+def remove_due_rows() -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    PeriodicTask.objects.filter(name__startswith="due-").delete()
+
+
+def measure_stall(background: bool) -> Stall:
+    """Run a beat loop over a new scheduler (``background_read`` as given); see the docstring."""
+    from datetime import datetime, timezone
+
+    from tenant_schemas_celery.db_scheduler import TenantAwareDatabaseScheduler
+    from tests.project.celery import app
+
+    not_due_tenant_rows()
+    settle()
+    app.conf.beat_schedule = {}
+    add_due_rows()
+    sends: list[tuple[float, float]] = []  # (perf_counter at the send, its delay)
+    swaps: list[float] = []
+    swap_times: list[float] = []
+
+    class Scheduler(TenantAwareDatabaseScheduler):
+        background_read = background
+
+        def apply_entry(self, entry: Any, producer: Any = None) -> None:
+            if entry.name.startswith("due-"):
+                due = entry.last_run_at + entry.schedule.run_every
+                late = (datetime.now(timezone.utc) - due).total_seconds()
+                sends.append((time.perf_counter(), max(0.0, late)))
+
+        def _swap_in_read(self, wait: bool = False) -> bool:
+            swapped = super()._swap_in_read(wait)
+            if swapped:
+                swaps.append(time.perf_counter())
+            return swapped
+
+        def tick(self, *args: Any, **kwargs: Any) -> float:
+            started, before = time.perf_counter(), len(swaps)
+            delay = super().tick(*args, **kwargs)
+            if len(swaps) > before:  # with the heap rebuilt, and the sends of this tick
+                swap_times.append(time.perf_counter() - started)
+            return delay
+
+    def loop(until: Callable[[], bool]) -> None:
+        while not until():
+            delay = scheduler.tick()
+            if delay:
+                time.sleep(max(0.0, delay))
+
+    def largest(start: float, stop: float) -> float:
+        return max((late for at, late in sends if start <= at <= stop), default=0.0)
+
+    created = time.perf_counter()
+    scheduler = Scheduler(app=app)
+    made = time.perf_counter()
+    loop(lambda: bool(sends) and not scheduler._reader.busy)
+    loaded = swaps[0] if swaps else made
+    public_first_sent = sends[0][0] - created
+    loop(lambda: time.perf_counter() > loaded + 1)
+    steady = time.perf_counter()
+    loop(lambda: time.perf_counter() > steady + 3)
+    forced = time.perf_counter()
+    scheduler.change_check.force_full_read()  # as every full_read_interval
+    swaps.clear()
+    loop(lambda: not scheduler._reader.busy and time.perf_counter() > forced + 0.5)
+    read_done = swaps[0] if swaps else time.perf_counter()
+    if not background:  # the read ran in one tick: the first send after the trigger ends it
+        read_done = next((at for at, _ in sends if at > forced), read_done)
+    loop(lambda: time.perf_counter() > read_done + 1.5)
+    scheduler.close()
+    remove_due_rows()
+    return Stall(
+        public_first_sent,
+        loaded - created,
+        largest(created, loaded + 1),
+        swap_times[0] if background and swap_times else 0.0,
+        largest(steady, forced),
+        largest(forced, read_done + 1.5),
+        read_done - forced,
+    )
+
+
+def print_stall(rows: dict[int, dict[str, Stall]]) -> None:
+    """Print the stall figures, background read off and on side by side."""
+    header = ["tenants", "background read", *Stall._fields]
+    print("\nThe beat loop while rows load (seconds from the scheduler's creation; delays of")
+    print("due sends):\n")
+    lines = [header, ["---:"] * len(header)]
+    for tenants, variants in rows.items():
+        for variant, stall in variants.items():
+            lines.append([f"{tenants:,}", variant, *(seconds(value) for value in stall)])
+    for line in lines:
+        print("| " + " | ".join(line) + " |")
+
+
 def seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
@@ -376,6 +552,7 @@ def main() -> None:
         create_database(args.database)
         made = 0
     rows: dict[int, dict[str, Result]] = {}
+    stalls: dict[int, dict[str, Stall]] = {}
     try:
         for tenants in sorted(args.tenants):
             if tenants < made:
@@ -387,6 +564,12 @@ def main() -> None:
                 print(f"{tenants:,} tenants made in {time.perf_counter() - started:.0f} s")
             rows[tenants] = measure_count(tenants, args.task_every)
             print_table({tenants: rows[tenants]})
+            if not args.no_stall:
+                stalls[tenants] = {
+                    "off": measure_stall(background=False),
+                    "on": measure_stall(background=True),
+                }
+                print_stall({tenants: stalls[tenants]})
     finally:
         if not args.keep_db:
             from django.db import connections
@@ -395,6 +578,8 @@ def main() -> None:
             admin_execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
     print()
     print_table(rows)
+    if stalls:
+        print_stall(stalls)
 
 
 if __name__ == "__main__":

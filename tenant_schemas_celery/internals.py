@@ -150,6 +150,36 @@ def scope_tag(scope: Any, key: str) -> Any:
     return getattr(scope, "_tags", {}).get(key)
 
 
+def heap_event(scheduler: Any, entry: Any, next_time_to_run: float) -> Any:
+    """Return the event of ``entry`` that Celery's ``Scheduler.populate_heap`` puts on its heap,
+    due ``next_time_to_run`` seconds from the entry's ``default_now()`` (0: now).
+
+    Upstream private: ``Scheduler._when(entry, next_time_to_run)``, the event's time (UTC
+    seconds), and the priority 5 that ``populate_heap`` gives every event.
+    """
+    from celery.beat import event_t
+
+    return event_t(scheduler._when(entry, next_time_to_run) or 0, 5, entry)
+
+
+def scheduler_heap(scheduler: Any) -> list[Any] | None:
+    """Return the heap Celery's ``tick`` sends from (None: not built yet), one event per entry.
+
+    Upstream private: ``Scheduler._heap`` (see ``set_heap``).
+    """
+    heap: list[Any] | None = scheduler._heap
+    return heap
+
+
+def set_heap(scheduler: Any, events: list[Any]) -> None:
+    """Make ``events`` (events of ``heap_event``, heapified) the heap Celery's ``tick`` sends from.
+
+    Upstream private: ``Scheduler._heap``. ``tick`` rebuilds it (``populate_heap``) only
+    when it is None or ``schedules_equal`` says False.
+    """
+    scheduler._heap = events
+
+
 # django-celery-beat
 
 

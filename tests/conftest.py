@@ -39,7 +39,10 @@ defer_nested_result_unsubscribes()
 #: Test modules that need django-celery-beat (the "beat" extra), not collected without it.
 BEAT_MODULES = [
     "beat_compose_schedulers.py",
+    "beat_gated_scheduler.py",
     "beat_ha_schedulers.py",
+    "test_background_read.py",
+    "test_beat_background_read.py",
     "test_beat_compose.py",
     "test_beat_e2e.py",
     "test_beat_zones_e2e.py",
