@@ -513,11 +513,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
     @cached_property
     def _background_connections(self) -> list[Any]:
         """The ``read_connections`` connections of the reading thread."""
-        alias = self._connection().alias
-        own = [connections.create_connection(alias) for _ in range(max(1, self.read_connections))]
-        for connection in own:
-            connection.inc_thread_sharing()
-        return own
+        return _thread_shared_connections(self._connection().alias, max(1, self.read_connections))
 
     @contextmanager
     def _looping(self) -> Iterator[None]:
@@ -530,11 +526,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
     @cached_property
     def _readers(self) -> list[Any]:
         """The ``read_connections - 1`` connections of the reading threads (besides this one)."""
-        alias = self._connection().alias
-        own = [connections.create_connection(alias) for _ in range(self.read_connections - 1)]
-        for connection in own:
-            connection.inc_thread_sharing()
-        return own
+        return _thread_shared_connections(self._connection().alias, self.read_connections - 1)
 
     @contextmanager
     def _lenient_conflicts(self) -> Iterator[None]:
@@ -578,3 +570,11 @@ def _same_entries(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool
     if old is None or len(old) != len(new):
         return False
     return all(old.get(name) is entry for name, entry in new.items())
+
+
+def _thread_shared_connections(alias: str, count: int) -> list[Any]:
+    """Return ``count`` new connections to ``alias`` that other threads may use."""
+    own = [connections.create_connection(alias) for _ in range(count)]
+    for connection in own:
+        connection.inc_thread_sharing()
+    return own

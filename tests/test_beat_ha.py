@@ -8,7 +8,6 @@ are counted from those records, never against the wall clock.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import tempfile
@@ -28,6 +27,7 @@ from tests.beat_e2e_app import events
 from tests.beat_ha_app import INTERVAL, TASK
 from tests.beat_helpers import add_task
 from tests.conftest import BROKERS
+from tests.test_beat_e2e import Record, recorded
 from tests.workers import CeleryProcess, worker
 
 pytestmark = pytest.mark.integration
@@ -36,12 +36,6 @@ PERSISTENT_SCHEDULER = "tests.beat_ha_schedulers.StampingPersistentScheduler"
 DB_SCHEDULER = "tests.beat_ha_schedulers.StampingDatabaseScheduler"
 FAILOVER = 3.0
 KILLS = 2
-
-Record = dict[str, Any]
-
-
-def recorded(key: str) -> list[Record]:
-    return [json.loads(item) for item in events().lrange(key, 0, -1)]
 
 
 def _identity(record: Record) -> tuple[str, float]:
