@@ -174,12 +174,15 @@ def uses_default_lookup(task: Any) -> bool:
     return getattr(hook, DEFAULT_LOOKUP_ATTR, False) is True
 
 
-def resolve_tenant(task: Any, schema_name: str, connection: Any, public: str) -> tuple[Any, bool]:
+def resolve_tenant(
+    task: Any, schema_name: str, connection: Any, public: str, fresh_session: bool = False
+) -> tuple[Any, bool]:
     """Return the tenant of ``schema_name``, and whether ``connection`` is already proven.
 
     With the default lookup and no cached tenant, the row is read by the statement that
     also sets ``connection``'s ``search_path`` and proves the schema (``proven_lookup``);
     otherwise the task's ``get_tenant_for_schema`` is called and the caller proves.
+    ``fresh_session`` (a worker task) is passed on to the proof (``session.run_proof``).
 
     Raises:
         TenantNotFound, TenantSchemaMissing, TenantLookupFailed: as ``lookup_tenant``.
@@ -187,7 +190,6 @@ def resolve_tenant(task: Any, schema_name: str, connection: Any, public: str) ->
     model = get_tenant_model()
     if not uses_default_lookup(task) or not can_fuse(model, connection):
         return lookup_tenant(task, schema_name), False
-    fresh_session = not task.request.is_eager
     fetched: list[bool] = []
 
     def fetch(name: str) -> Any:
