@@ -60,10 +60,11 @@ def app_setting(app: Celery, name: str) -> Any:
     """
     conf = app.conf
     changes = conf.changes
-    for key in _spellings(app, name):
-        value = changes.get(key)
-        if value is not None:
-            return value
+    if changes:
+        for key in _spellings(app, name):
+            value = changes.get(key)
+            if value is not None:
+                return value
     memo = app.__dict__.get(_MEMO_ATTR)
     if memo is None or memo[0] != _source_generation[0] or memo[1] is not conf:
         memo = app.__dict__[_MEMO_ATTR] = (_source_generation[0], conf, {})

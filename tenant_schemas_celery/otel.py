@@ -35,10 +35,11 @@ _PENDING_ATTR = "_tenant_schemas_celery_otel_schema"
 
 def _instrumented() -> bool:
     """Whether the Celery instrumentation is on (installed, and ``instrument()`` called)."""
-    # The instrumentor is a singleton: this is the instance ``instrument()`` switched on.
-    return CeleryInstrumentor is not None and bool(
-        CeleryInstrumentor().is_instrumented_by_opentelemetry
-    )
+    return _INSTRUMENTOR is not None and bool(_INSTRUMENTOR.is_instrumented_by_opentelemetry)
+
+
+#: The instrumentor is a singleton: this is the instance ``instrument()`` switches on.
+_INSTRUMENTOR = CeleryInstrumentor() if CeleryInstrumentor is not None else None
 
 
 def _task_span(task: Any) -> Any:
