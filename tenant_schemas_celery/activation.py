@@ -77,7 +77,7 @@ def enter(task: Any) -> Activation:
     """Switch the task's connections to the tenant its request names; never raises."""
     request = task.request
     in_worker = not request.is_eager
-    this_task = _describe(task) if in_worker else ""
+    this_task = f"{task.name}[{request.id}]" if in_worker else ""
     public = public_schema_name()
     schema_name, tenant, error, proven = public, None, None, False
     targets: list[Any] = []
@@ -86,7 +86,7 @@ def enter(task: Any) -> Activation:
         targets = [_tenant_connection(alias) for alias in task.get_tenant_databases()]
         _distrust_sessions(targets, in_worker, this_task)
         if schema_name != public:
-            tenant, proven = resolve_tenant(task, schema_name, targets[0], public)
+            tenant, proven = resolve_tenant(task, schema_name, targets[0], public, in_worker)
     except Exception as exc:
         schema_name, tenant, error, proven = public, None, exc, False
     saved = [(connection, _state(connection)) for connection in targets]
@@ -100,7 +100,7 @@ def enter(task: Any) -> Activation:
         _previous.task = this_task
     activation = Activation(schema_name, tenant, error, saved, in_worker)
     activation.sentry_tag = tag_events(task, schema_name)
-    tag_span(task, schema_name)
+    tag_span(task, schema_name, request)
     setattr(request, ACTIVATION_ATTR, activation)
     if error is None and tenant_activated.receivers:
         tenant_activated.send(sender=task, task=task, tenant=tenant, schema_name=schema_name)

@@ -45,6 +45,12 @@ def public_schema_name() -> str:
     return name
 
 
+@cache
+def extra_search_paths() -> tuple[str, ...]:
+    """Return django-tenants' ``PG_EXTRA_SEARCH_PATHS``: schemas put after every tenant's."""
+    return tuple(getattr(settings, "PG_EXTRA_SEARCH_PATHS", ()))
+
+
 def app_setting(app: Celery, name: str) -> Any:
     """Return the Celery setting ``name`` (lower case) or its upper-case spelling, or None.
 
@@ -54,10 +60,11 @@ def app_setting(app: Celery, name: str) -> Any:
     """
     conf = app.conf
     changes = conf.changes
-    for key in _spellings(app, name):
-        value = changes.get(key)
-        if value is not None:
-            return value
+    if changes:
+        for key in _spellings(app, name):
+            value = changes.get(key)
+            if value is not None:
+                return value
     memo = app.__dict__.get(_MEMO_ATTR)
     if memo is None or memo[0] != _source_generation[0] or memo[1] is not conf:
         memo = app.__dict__[_MEMO_ATTR] = (_source_generation[0], conf, {})
@@ -88,6 +95,7 @@ def _forget_settings(**kwargs: Any) -> None:
     _source_generation[0] += 1
     tenant_db_alias.cache_clear()
     public_schema_name.cache_clear()
+    extra_search_paths.cache_clear()
 
 
 setting_changed.connect(_forget_settings, dispatch_uid="tenant_schemas_celery.conf")

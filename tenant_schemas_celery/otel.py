@@ -21,14 +21,25 @@ from celery.signals import task_postrun
 from .conf import app_setting
 
 try:
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.celery.utils import retrieve_context
 except ImportError:  # pragma: no cover - opentelemetry is optional
+    CeleryInstrumentor = None  # type: ignore[assignment,misc]
     retrieve_context = None  # type: ignore[assignment]
 
 #: The attribute set on the span of a task.
 OTEL_ATTRIBUTE = "tenant.schema_name"
 #: Attribute of the task request holding the schema to set on the span.
 _PENDING_ATTR = "_tenant_schemas_celery_otel_schema"
+
+
+def _instrumented() -> bool:
+    """Whether the Celery instrumentation is on (installed, and ``instrument()`` called)."""
+    return _INSTRUMENTOR is not None and bool(_INSTRUMENTOR.is_instrumented_by_opentelemetry)
+
+
+#: The instrumentor is a singleton: this is the instance ``instrument()`` switches on.
+_INSTRUMENTOR = CeleryInstrumentor() if CeleryInstrumentor is not None else None
 
 
 def _task_span(task: Any) -> Any:
@@ -40,17 +51,18 @@ def _task_span(task: Any) -> Any:
     return None if context is None else context[0]
 
 
-def tag_span(task: Any, schema_name: str) -> None:
+def tag_span(task: Any, schema_name: str, request: Any = None) -> None:
     """Set ``tenant.schema_name`` on the task's span (now, or when it is ended).
 
-    Does nothing unless opentelemetry-instrumentation-celery is installed and the
-    ``task_tenant_otel_attribute`` setting is not False.
+    Does nothing unless opentelemetry-instrumentation-celery is installed and on, and the
+    ``task_tenant_otel_attribute`` setting is not False. ``request`` is the task's
+    request, when the caller has it at hand.
     """
-    if retrieve_context is None:
+    if not _instrumented():
         return
     if app_setting(task.app, "task_tenant_otel_attribute") is False:
         return
-    setattr(task.request, _PENDING_ATTR, schema_name)
+    setattr(task.request if request is None else request, _PENDING_ATTR, schema_name)
     span = _task_span(task)
     if span is not None and span.is_recording():
         span.set_attribute(OTEL_ATTRIBUTE, schema_name)
@@ -59,7 +71,7 @@ def tag_span(task: Any, schema_name: str) -> None:
 @task_postrun.connect(weak=False, dispatch_uid="tenant_schemas_celery.otel")
 def _tag_span_at_end(sender: Any = None, **kwargs: Any) -> None:
     """Set the attribute on a span the instrumentation opened after the tenant's activation."""
-    if sender is None or retrieve_context is None:
+    if sender is None or not _instrumented():
         return
     schema_name = getattr(sender.request, _PENDING_ATTR, None)
     if schema_name is None:

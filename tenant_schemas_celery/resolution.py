@@ -174,28 +174,35 @@ def uses_default_lookup(task: Any) -> bool:
     return getattr(hook, DEFAULT_LOOKUP_ATTR, False) is True
 
 
-def resolve_tenant(task: Any, schema_name: str, connection: Any, public: str) -> tuple[Any, bool]:
+def resolve_tenant(
+    task: Any, schema_name: str, connection: Any, public: str, fresh_session: bool = False
+) -> tuple[Any, bool]:
     """Return the tenant of ``schema_name``, and whether ``connection`` is already proven.
 
     With the default lookup and no cached tenant, the row is read by the statement that
     also sets ``connection``'s ``search_path`` and proves the schema (``proven_lookup``);
     otherwise the task's ``get_tenant_for_schema`` is called and the caller proves.
+    ``fresh_session`` (a worker task) is passed on to the proof (``session.run_proof``).
 
     Raises:
         TenantNotFound, TenantSchemaMissing, TenantLookupFailed: as ``lookup_tenant``.
     """
-    model = get_tenant_model()
-    if not uses_default_lookup(task) or not can_fuse(model, connection):
+    if not uses_default_lookup(task):
         return lookup_tenant(task, schema_name), False
-    fresh_session = not task.request.is_eager
-    fetched: list[bool] = []
-
-    def fetch(name: str) -> Any:
-        fetched.append(True)
-        return fetch_proven_tenant(model, connection, name, public, fresh_session)
-
-    tenant = cached_tenant(task.tenant_cache(), schema_name, tenant_cache_seconds(task), fetch)
-    return tenant, bool(fetched)
+    cache = task.tenant_cache()
+    cache_seconds = tenant_cache_seconds(task)
+    if cache_seconds:  # a cached tenant first: as cached_tenant, without building a lookup
+        catch_up()
+        tenant = cache.get(schema_name, None, max_age=cache_seconds)
+        if tenant is not None:
+            return tenant, False
+    model = get_tenant_model()
+    if not can_fuse(model, connection):
+        return lookup_tenant(task, schema_name), False
+    tenant = fetch_proven_tenant(model, connection, schema_name, public, fresh_session)
+    if cache_seconds:
+        cache.set(schema_name, tenant, cache_seconds)
+    return tenant, True
 
 
 def cached_tenant(

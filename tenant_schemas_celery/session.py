@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
-from django.conf import settings
 from django.db.backends import utils as backend_utils
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import internals
+from .conf import extra_search_paths
 from .exceptions import TenantSchemaMissing
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def search_path_for(schema_name: str, public: str, include_public: bool = True) 
         paths = [schema_name, public]
     else:
         paths = [schema_name]
-    return [*paths, *getattr(settings, "PG_EXTRA_SEARCH_PATHS", ())]
+    return [*paths, *extra_search_paths()]
 
 
 def search_path(connection: Any, public: str) -> list[str]:
@@ -101,6 +102,11 @@ def search_path(connection: Any, public: str) -> list[str]:
 
 def proof_parameters(paths: list[str], schema_name: str) -> tuple[str, str]:
     """Return ``PROVE_SQL``'s parameters: the quoted path, and the migrations table's name."""
+    return _quoted_parameters(tuple(paths), schema_name)
+
+
+@lru_cache(maxsize=4096)
+def _quoted_parameters(paths: tuple[str, ...], schema_name: str) -> tuple[str, str]:
     table = f"{quote_identifier(schema_name)}.{MIGRATIONS_TABLE}"
     return ",".join(map(quote_identifier, paths)), table
 

@@ -39,6 +39,17 @@ def test_default_alias_follows_tenant_db_alias(app):
         assert make_task(app).get_tenant_databases() == ("other",)
 
 
+def test_extra_search_paths_follow_the_setting():
+    from tenant_schemas_celery.session import proof_parameters, search_path_for
+
+    assert search_path_for("tenant1", "public") == ["tenant1", "public"]
+    with override_settings(PG_EXTRA_SEARCH_PATHS=["extensions"]):
+        paths = search_path_for("tenant1", "public")
+        assert paths == ["tenant1", "public", "extensions"]
+        assert proof_parameters(paths, "tenant1")[0] == '"tenant1","public","extensions"'
+    assert search_path_for("tenant1", "public") == ["tenant1", "public"]
+
+
 @pytest.mark.parametrize("key", ["task_tenant_databases", "TASK_TENANT_DATABASES"])
 def test_app_setting_either_spelling(app, key):
     app.conf[key] = ["default", "other"]

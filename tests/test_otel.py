@@ -95,6 +95,25 @@ def test_no_instrumentation_no_error(tenants):
         assert tasks.whereami.apply().get()["schema"] == "tenant1"
 
 
+def test_nothing_is_recorded_on_a_task_while_the_instrumentation_is_off(tenants):
+    """Installed but not instrumented: the hooks leave the request alone (and cost nothing)."""
+    tasks.whereami.push_request(id="otel-off")
+    try:
+        otel.tag_span(tasks.whereami, "tenant1")
+        assert not hasattr(tasks.whereami.request, otel._PENDING_ATTR)
+    finally:
+        tasks.whereami.pop_request()
+
+
+def test_the_schema_is_recorded_while_the_instrumentation_is_on(tenants, spans):
+    tasks.whereami.push_request(id="otel-on")
+    try:
+        otel.tag_span(tasks.whereami, "tenant1")
+        assert getattr(tasks.whereami.request, otel._PENDING_ATTR) == "tenant1"
+    finally:
+        tasks.whereami.pop_request()
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("pool", ["solo", "prefork"])
 def test_real_worker_spans_carry_the_schema(tenants, pool):
