@@ -191,11 +191,9 @@ def resolve_tenant(
         return lookup_tenant(task, schema_name), False
     cache = task.tenant_cache()
     cache_seconds = tenant_cache_seconds(task)
-    if cache_seconds:  # a cached tenant first: as cached_tenant, without building a lookup
-        catch_up()
-        tenant = cache.get(schema_name, None, max_age=cache_seconds)
-        if tenant is not None:
-            return tenant, False
+    tenant = cache_hit(cache, schema_name, cache_seconds)  # before building a lookup
+    if tenant is not None:
+        return tenant, False
     model = get_tenant_model()
     if not can_fuse(model, connection):
         return lookup_tenant(task, schema_name), False
@@ -213,11 +211,18 @@ def cached_tenant(
     Parameters:
         cache_seconds(float): how old a cached tenant may be; 0 always calls ``lookup``.
     """
-    if not cache_seconds:
-        return lookup(schema_name)
-    catch_up()
-    tenant = cache.get(schema_name, None, max_age=cache_seconds)
+    tenant = cache_hit(cache, schema_name, cache_seconds)
     if tenant is None:
         tenant = lookup(schema_name)
-        cache.set(schema_name, tenant, cache_seconds)
+        if cache_seconds:
+            cache.set(schema_name, tenant, cache_seconds)
     return tenant
+
+
+def cache_hit(cache: Any, schema_name: str, cache_seconds: float) -> Any:
+    """Return the tenant of ``schema_name`` cached at most ``cache_seconds`` ago, or None
+    (always None with 0). Invalidations broadcast meanwhile are taken first."""
+    if not cache_seconds:
+        return None
+    catch_up()
+    return cache.get(schema_name, None, max_age=cache_seconds)
