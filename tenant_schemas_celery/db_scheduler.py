@@ -82,7 +82,7 @@ from .internals import (
 )
 from .model_entry import TenantAwareModelEntry, row_values
 from .scheduler import TenantAwareSchedulerMixin, logger
-from .schema_entries import SchemaEntries, SchemaState, read_entries
+from .schema_entries import SchemaEntries, SchemaState
 from .targets import OnceLog, valid_schema_names
 
 __all__ = ["TenantAwareDatabaseScheduler", "TenantAwareModelEntry"]
@@ -395,10 +395,7 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             return False
         result = outcome.value
         self._keep_runs(advanced, result.states)
-        states = {**self.schema_entries.states, **result.states}
-        self.schema_entries.states = {
-            name: states[name] for name in result.reload.signatures if name in states
-        }
+        self.schema_entries.install(result.reload.signatures, result.states)
         self.change_check.reloaded(result.reload)
         self._install(self.schema_entries.merge(), events=result.events, advanced=advanced)
         return True
@@ -446,13 +443,9 @@ class TenantAwareDatabaseScheduler(TenantAwareSchedulerMixin, DatabaseScheduler)
             public = public_schema_name()
             shared = [public, *names] if reload.full and public not in names else names
             rows = by_schema(read_enabled_on(readers, shared, self.batch_size), shared)
-            known, entries = self.schema_entries.states, self.schema_entries
-            states = {}
-            for name in names:
-                made, rejected = read_entries(
-                    name, rows[name], known.get(name), entries.make_entry, entries.values
-                )
-                states[name] = SchemaState(reload.signatures[name], made, rejected)
+            states = self.schema_entries.read(
+                reload.signatures, {name: rows[name] for name in names}
+            )
             events = {
                 id(entry): (entry, event)
                 for state in states.values()

@@ -179,13 +179,31 @@ class SchemaEntries:
         ``signatures`` lists every schema still there, in schedule order: the states
         follow it, and those of schemas not in it are dropped.
         """
-        states = self.states
+        self.install(signatures, self.read(signatures, rows))
+
+    def read(
+        self, signatures: Mapping[str, Signature], rows: Mapping[str, Sequence[Row]]
+    ) -> dict[str, SchemaState]:
+        """Return the new state of each schema of ``rows``, without installing them.
+
+        It only reads the current states (rows read again unchanged keep their entries):
+        a thread other than the beat loop's may call it.
+        """
+        states = {}
         for name, schema_rows in rows.items():
             entries, rejected = read_entries(
-                name, schema_rows, states.get(name), self.make_entry, self.values
+                name, schema_rows, self.states.get(name), self.make_entry, self.values
             )
             states[name] = SchemaState(signatures[name], entries, rejected)
-        self.states = {name: states[name] for name in signatures if name in states}
+        return states
+
+    def install(
+        self, signatures: Mapping[str, Signature], states: Mapping[str, SchemaState]
+    ) -> None:
+        """Take the schemas' new ``states``; keep the other schemas' own, in the order of
+        ``signatures``, and drop those of schemas not in it."""
+        merged = {**self.states, **states}
+        self.states = {name: merged[name] for name in signatures if name in merged}
 
     def add(self, schema_name: str, entries: Mapping[str, Any]) -> None:
         """Add ``entries`` to the schema's own, if the schema was read."""
