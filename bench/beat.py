@@ -83,10 +83,9 @@ SCHEMAS_PER_TRANSACTION = 50  # each schema takes about 30 locks while it is cre
 TASK = "tests.project.notes.tasks.whereami"
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tenants", type=int, nargs="+", default=[100, 1000, 10000])
-    parser.add_argument("--database", default="tsc_bench_beat")
+def add_database_arguments(parser: argparse.ArgumentParser, database: str, task_every: int) -> None:
+    """Add the options of the bench database and its tenants (shared with beat_failover.py)."""
+    parser.add_argument("--database", default=database)
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
     parser.add_argument(
         "--reuse-db",
@@ -95,8 +94,17 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2, help="connections creating schemas")
     parser.add_argument(
-        "--task-every", type=int, default=1, help="only every N-th tenant has a periodic task"
+        "--task-every",
+        type=int,
+        default=task_every,
+        help="only every N-th tenant has a periodic task",
     )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, nargs="+", default=[100, 1000, 10000])
+    add_database_arguments(parser, "tsc_bench_beat", task_every=1)
     parser.add_argument("--no-stall", action="store_true", help="skip the beat loop's stall")
     return parser.parse_args()
 

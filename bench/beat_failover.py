@@ -46,6 +46,8 @@ LOAD_TIMEOUT = 600.0  # seconds for a beat's start-up load (10,000 tenants: seve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from bench.beat import add_database_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, nargs="+", default=[0])
     parser.add_argument("--failover-seconds", type=float, nargs="+", default=[10.0, 3.0])
@@ -57,17 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="TENANTS=N",
         help="kills for some tenant counts instead, e.g. 10000=3",
     )
-    parser.add_argument("--database", default="tsc_bench_failover")
-    parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
-    parser.add_argument(
-        "--reuse-db",
-        action="store_true",
-        help="measure the database a --keep-db run left (implies --keep-db)",
-    )
-    parser.add_argument("--workers", type=int, default=2, help="connections creating schemas")
-    parser.add_argument(
-        "--task-every", type=int, default=10, help="only every N-th tenant has a periodic task"
-    )
+    add_database_arguments(parser, "tsc_bench_failover", task_every=10)
     args = parser.parse_args(argv)
     if min(args.tenants) < 0 or args.repeat < 1 or args.task_every < 1:
         parser.error("--tenants must be >= 0, --repeat and --task-every >= 1")
